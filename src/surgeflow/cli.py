@@ -1,0 +1,211 @@
+"""The ``surgeflow`` command line: serve, worker, demo, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from surgeflow import __version__
+from surgeflow.auth import new_key
+from surgeflow.config import Settings, load_settings
+from surgeflow.errors import SurgeflowError
+
+app = typer.Typer(
+    help="Serve AI agent workflows to many concurrent users, and tune how they are served.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (SURGEFLOW_* variables override it)."),
+]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when it is installed; turn surgeflow errors into a message and exit 2."""
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except SurgeflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except SurgeflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    return settings
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the gateway (and, unless worker.embedded is false, a worker in the same process)."""
+    from surgeflow.server import serve_forever
+    from surgeflow.service import Service
+
+    settings = _settings(config)
+
+    async def main() -> None:
+        async with Service(settings) as service:
+            await serve_forever(
+                service,
+                host or settings.server.host,
+                settings.server.port if port is None else port,
+            )
+
+    _run(main())
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Runs at once.")] = None,
+    burst: Annotated[bool, typer.Option(help="Exit once the queue has nothing ready.")] = False,
+) -> None:
+    """Execute queued workflow runs until SIGTERM (then drain) or, with --burst, until idle."""
+    from surgeflow.service import Service
+
+    settings = _settings(config)
+
+    async def main() -> None:
+        async with Service(settings, embedded_worker=False) as service:
+            options = {} if concurrency is None else {"concurrency": concurrency}
+            runner = service.new_worker(**options)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, runner.stop)
+            console.print(f"worker {runner.id} started (concurrency {runner.concurrency})")
+            await runner.run(burst=burst)
+            console.print(f"worker {runner.id} stopped after {runner.completed} runs")
+
+    _run(main())
+
+
+@app.command()
+def demo(
+    requests: Annotated[int, typer.Option(min=1, max=100_000, help="Requests per agent.")] = 200,
+    concurrency: Annotated[int, typer.Option(min=1, max=1000, help="Requests in flight.")] = 32,
+    runs: Annotated[int, typer.Option(min=0, max=10_000, help="Durable runs per agent.")] = 25,
+    serve: Annotated[bool, typer.Option("--serve", help="Keep serving afterwards.")] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve (0: any free port).")] = 0,
+) -> None:
+    """Start the embedded service, drive concurrent traffic at both agents, print a summary."""
+    from surgeflow.demo import run_demo
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s %(message)s")
+    _run(
+        run_demo(
+            console,
+            requests=requests,
+            concurrency=concurrency,
+            runs=runs,
+            serve=serve,
+            port=port,
+        )
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who the key is for.")] = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Create an API key; the secret is printed once and only its digest is stored."""
+    settings = _settings(config)
+
+    async def main() -> None:
+        async with _store(settings) as store:
+            secret, record = new_key(name)
+            await store.add_api_key(record)
+        console.print(f"created key [bold]{record.id}[/bold] ({name}); keep this secret:")
+        print(secret)
+
+    _run(main())
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None) -> None:
+    """List API keys (ids and names, never secrets)."""
+    settings = _settings(config)
+
+    async def main() -> None:
+        async with _store(settings) as store:
+            keys = await store.list_api_keys()
+        table = Table("id", "name", "created", "revoked")
+        for key in keys:
+            revoked = (
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(key.revoked_at))
+                if key.revoked_at
+                else ""
+            )
+            table.add_row(
+                key.id,
+                key.name,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(key.created_at)),
+                revoked,
+            )
+        console.print(table)
+
+    _run(main())
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
+    """Revoke a key; gateways stop accepting it within auth.key_refresh_s seconds."""
+    settings = _settings(config)
+
+    async def main() -> None:
+        async with _store(settings) as store:
+            await store.revoke_api_key(key_id)
+        console.print(f"revoked {key_id}")
+
+    _run(main())
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def _store(settings: Settings) -> Any:
+    from surgeflow.store.sqlite import SQLiteStore
+
+    return SQLiteStore(settings.store.url)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

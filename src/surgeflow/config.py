@@ -1,0 +1,179 @@
+"""Settings: one YAML file, every key overridable by ``SURGEFLOW_SECTION__KEY`` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from surgeflow.errors import ConfigError
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    max_body_bytes: PositiveInt = 1024 * 1024
+    invoke_timeout_s: Positive = 30.0
+    upstream_timeout_s: Positive = 60.0
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool = True
+    key_refresh_s: Positive = 5.0
+
+
+class SimulatedSettings(msgspec.Struct, forbid_unknown_fields=True):
+    ttft_ms: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    tokens_per_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    latency: Literal["constant", "exponential", "lognormal"] = "lognormal"
+    jitter: Annotated[float, msgspec.Meta(ge=0)] = 0.3
+    error_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    rate_limit_rps: Positive | None = None
+    seed: int | None = None
+
+
+class EndpointSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """One endpoint of a model: an OpenAI-compatible ``url`` or a ``simulated`` one."""
+
+    url: str | None = None
+    simulated: SimulatedSettings | None = None
+    name: str | None = None
+    api_key_env: str | None = None
+    weight: PositiveInt = 1
+    max_concurrency: PositiveInt = 256
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.simulated is None):
+            raise ValueError("an endpoint needs exactly one of 'url' or 'simulated'")
+
+
+class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    endpoints: list[EndpointSettings]
+    policy: str = "round_robin"
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ValueError(f"model {self.name!r} has no endpoints")
+
+
+def _default_models() -> list[ModelSettings]:
+    return [
+        ModelSettings(
+            name="sim-small",
+            endpoints=[
+                EndpointSettings(name="sim-a", simulated=SimulatedSettings(seed=1)),
+                EndpointSettings(name="sim-b", simulated=SimulatedSettings(seed=2)),
+            ],
+        )
+    ]
+
+
+class StoreSettings(msgspec.Struct, forbid_unknown_fields=True):
+    url: str = "sqlite:///surgeflow.db"
+
+
+class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
+    url: str | None = None  # None: the store's database
+    lease_s: Positive = 30.0
+    max_attempts: PositiveInt = 5
+
+
+class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True):
+    embedded: bool = True  # run a worker inside `surgeflow serve`
+    concurrency: PositiveInt = 64
+    poll_interval_s: Positive = 0.5
+    drain_timeout_s: Positive = 30.0
+    retry_backoff_s: Positive = 1.0
+
+
+class CacheSettings(msgspec.Struct, forbid_unknown_fields=True):
+    url: str = "memory://"
+    ttl_s: Positive = 600.0
+    max_bytes: PositiveInt = 64 * 1024 * 1024
+
+
+class LogSettings(msgspec.Struct, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True):
+    """Everything surgeflow can be told. The defaults give the embedded, zero-setup shape."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    models: list[ModelSettings] = msgspec.field(default_factory=_default_models)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    workflows: list[str] = msgspec.field(
+        default_factory=lambda: ["surgeflow.agents:builtin_workflows"]
+    )
+
+    @property
+    def queue_url(self) -> str:
+        return self.queue.url or self.store.url
+
+
+ENV_PREFIX = "SURGEFLOW_"
+_SECTIONS = frozenset(Settings.__struct_fields__)
+
+
+def load_settings(
+    path: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``path`` (YAML; optional), apply environment overrides, validate.
+
+    ``SURGEFLOW_SERVER__PORT=9000`` sets ``server.port``; values are read as YAML scalars, so
+    numbers, booleans and ``[lists]`` work. Variables naming no section are ignored.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        raw = loaded or {}
+    for name, value in (os.environ if env is None else env).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        if keys[0] not in _SECTIONS:
+            continue
+        _set_path(raw, keys, _parse_scalar(value), name)
+    try:
+        return msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def _set_path(raw: dict[str, Any], keys: list[str], value: Any, origin: str) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin} sets a key inside {key!r}, which is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _parse_scalar(value: str) -> Any:
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value

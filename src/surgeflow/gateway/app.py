@@ -1,0 +1,186 @@
+"""The gateway's ASGI app: routing, authentication and error translation around the handlers.
+
+Written against ASGI directly rather than on a framework: the chat route is the hot path, and every
+layer on it costs throughput (see docs/decisions/0002-gateway-on-raw-asgi.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from surgeflow import errors
+from surgeflow.gateway import chat, runs
+from surgeflow.gateway.http import (
+    ClientGone,
+    HTTPError,
+    Message,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    http_error,
+    send_error,
+    send_json,
+)
+from surgeflow.gateway.openapi import openapi_document
+
+if TYPE_CHECKING:
+    from surgeflow.service import Service
+
+log = logging.getLogger("surgeflow.gateway")
+
+Handler = Callable[["Service", Request, Send], Awaitable[None]]
+
+_BEARER = b"bearer "
+
+
+class Gateway:
+    """The ASGI application of ``surgeflow serve``."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.auth_enabled = service.settings.auth.enabled
+        self._exact: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): chat.completions,
+            ("GET", "/v1/models"): chat.models,
+            ("GET", "/v1/workflows"): runs.list_workflows,
+        }
+        self._public: dict[tuple[str, str], Handler] = {
+            ("GET", "/healthz"): _healthz,
+            ("GET", "/readyz"): _readyz,
+            ("GET", "/openapi.json"): _openapi,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Gateway auth={'on' if self.auth_enabled else 'off'} service={self.service!r}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        request = Request(scope, receive)
+        sent = _ResponseTracker(send)
+        try:
+            handler = self._route(request)
+            if handler is None:
+                return await send_error(sent, self._no_route(request))
+            if request.key_id is None and self.auth_enabled:
+                handler = self._authenticate(request, handler)
+            await handler(self.service, request, sent)
+        except HTTPError as exc:
+            if not sent.started:
+                await send_error(sent, exc)
+        except ClientGone:
+            pass
+        except errors.SurgeflowError as exc:
+            if not sent.started:
+                await send_error(sent, http_error(exc))
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not sent.started:
+                await send_error(
+                    sent,
+                    HTTPError(500, "internal_error", "the gateway failed; the error was logged"),
+                )
+
+    def _route(self, request: Request) -> Handler | None:
+        method: str = request.scope["method"]
+        path: str = request.scope["path"]
+        handler = self._exact.get((method, path))
+        if handler is not None:
+            return handler
+        handler = self._public.get((method, path))
+        if handler is not None:
+            request.key_id = "public"
+            return handler
+        parts = path.strip("/").split("/")
+        if len(parts) == 4 and parts[:2] == ["v1", "workflows"]:
+            request.params["name"] = parts[2]
+            if parts[3] == "invoke" and method == "POST":
+                return runs.invoke
+            if parts[3] == "runs" and method == "POST":
+                return runs.submit
+        elif len(parts) in (3, 4) and parts[:2] == ["v1", "runs"]:
+            request.params["run_id"] = parts[2]
+            if len(parts) == 3 and method == "GET":
+                return runs.get_run
+            if len(parts) == 3 and method == "DELETE":
+                return runs.cancel_run
+            if len(parts) == 4 and parts[3] == "events" and method == "GET":
+                return runs.run_events
+        return None
+
+    def _no_route(self, request: Request) -> HTTPError:
+        method, path = request.scope["method"], request.scope["path"]
+        request.params.clear()
+        for other in ("GET", "POST", "DELETE"):
+            if other != method:
+                probe = Request({**request.scope, "method": other}, request.receive)
+                if self._route(probe) is not None:
+                    return HTTPError(
+                        405,
+                        "method_not_allowed",
+                        f"{method} is not allowed on {path}; try {other}",
+                        headers=[(b"allow", other.encode())],
+                    )
+        return HTTPError(404, "not_found", f"no route {method} {path}; see GET /openapi.json")
+
+    def _authenticate(self, request: Request, handler: Handler) -> Handler:
+        header = request.header(b"authorization")
+        if header is None:
+            raise HTTPError(
+                401,
+                "authentication_error",
+                "missing API key: send 'Authorization: Bearer <key>' "
+                "(create one with `surgeflow keys create`)",
+            )
+        if header[:7].lower() != _BEARER:
+            raise HTTPError(
+                401, "authentication_error", "the Authorization header must be 'Bearer <key>'"
+            )
+        key_id = self.service.keys.lookup(header[7:].strip().decode("latin-1"))
+        if key_id is None:
+            raise HTTPError(401, "authentication_error", "unknown or revoked API key")
+        request.key_id = key_id
+        return handler
+
+
+class _ResponseTracker:
+    """Wraps ``send`` to know whether the response has started (then no error body can follow)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = True
+        await self._send(message)
+
+
+async def _healthz(service: Service, request: Request, send: Send) -> None:
+    await send_json(send, 200, {"status": "ok"})
+
+
+async def _readyz(service: Service, request: Request, send: Send) -> None:
+    ready, checks = await service.readiness()
+    await send_json(send, 200 if ready else 503, {"ready": ready, "checks": checks})
+
+
+async def _openapi(service: Service, request: Request, send: Send) -> None:
+    await send_json(send, 200, openapi_document(service))
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # The service is opened and closed by whoever runs the server, not by the lifespan protocol.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,73 @@
+"""OpenAI-compatible routes: ``POST /v1/chat/completions`` (plain or streamed), ``/v1/models``."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from surgeflow import errors
+from surgeflow.gateway.http import SSE_HEADERS, Request, Send, http_error, send_bytes, send_error
+from surgeflow.models.types import ChatRequest, ModelInfo, ModelList
+
+if TYPE_CHECKING:
+    from surgeflow.service import Service
+
+_encode = msgspec.json.encode
+_DONE = b"data: [DONE]\n\n"
+
+
+async def completions(service: Service, request: Request, send: Send) -> None:
+    chat_request: ChatRequest = await request.json(
+        service.settings.server.max_body_bytes, ChatRequest
+    )
+    if not chat_request.messages:
+        raise errors.ValidationError("'messages' must hold at least one message")
+    timeout_s = service.settings.server.upstream_timeout_s
+    if not chat_request.stream:
+        response = await service.models.chat(chat_request, timeout_s=timeout_s)
+        await send_bytes(send, 200, _encode(response))
+        return
+    await _stream(service, chat_request, send, timeout_s)
+
+
+async def _stream(
+    service: Service, chat_request: ChatRequest, send: Send, timeout_s: float
+) -> None:
+    chunks = service.models.stream(chat_request, timeout_s=timeout_s)
+    started = False
+    try:
+        async for chunk in chunks:
+            if not started:
+                # Headers wait for the first chunk, so an upstream that fails before answering
+                # gets a proper error status rather than a broken stream.
+                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                started = True
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + _encode(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
+    except errors.SurgeflowError as exc:
+        if not started:
+            await send_error(send, http_error(exc))
+            return
+        error = http_error(exc)
+        await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n"})
+        return
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    if not started:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+    await send({"type": "http.response.body", "body": _DONE})
+
+
+async def models(service: Service, request: Request, send: Send) -> None:
+    created = int(service.started_at or time.time())
+    listing = ModelList(
+        data=[ModelInfo(id=name, created=created) for name in service.models.models()]
+    )
+    await send_bytes(send, 200, _encode(listing))

@@ -1,0 +1,70 @@
+"""Run the gateway on uvicorn (uvloop + httptools) next to an open service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+
+from surgeflow.gateway import Gateway
+from surgeflow.service import Service
+
+log = logging.getLogger("surgeflow.server")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals belong to the caller, who drains the worker as well as the server
+
+
+def _config(service: Service, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        Gateway(service),
+        host=host,
+        port=port,
+        loop="none",  # the caller's loop (uvloop when started through `surgeflow`)
+        http="httptools",
+        lifespan="off",
+        access_log=False,  # one line per request through logging costs more than the request
+        log_level="warning",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    service: Service, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve ``service`` in the background; yields its base URL (``port=0`` picks a free port)."""
+    server = _Server(_config(service, host, port))
+    task = asyncio.create_task(server.serve(), name="gateway")
+    while not server.started:
+        if task.done():
+            task.result()  # raises why it could not start (port in use …)
+            raise RuntimeError("the gateway stopped before it started")
+        await asyncio.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()
+    try:
+        yield f"http://{bound[0]}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def serve_forever(service: Service, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then stop taking requests and drain the worker."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_gateway(service, host, port) as url:
+        log.warning("surgeflow gateway listening on %s", url)
+        print(f"surgeflow is serving on {url}  (Ctrl-C to stop)", flush=True)
+        await stop.wait()
+        print("stopping: draining requests and runs …", flush=True)

@@ -1,0 +1,277 @@
+"""The service: everything one surgeflow process holds, built from settings and opened together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from surgeflow.auth import KeyRing
+from surgeflow.cache.base import Cache
+from surgeflow.cache.memory import MemoryCache
+from surgeflow.config import EndpointSettings, Settings
+from surgeflow.errors import ConfigError, NotFound
+from surgeflow.events import EventHub, RunRecorder
+from surgeflow.models.base import ModelBackend
+from surgeflow.models.client import ModelClient
+from surgeflow.models.openai_http import OpenAIHTTPBackend
+from surgeflow.models.simulated import SimulatedBackend
+from surgeflow.queue.base import Queue
+from surgeflow.queue.sqlite import SQLiteQueue
+from surgeflow.store.base import Run, RunStatus, Store
+from surgeflow.store.sqlite import SQLiteStore
+from surgeflow.worker import Worker
+from surgeflow.workflow import Workflow
+
+log = logging.getLogger("surgeflow.service")
+
+
+class Service:
+    """Store, queue, models, cache, workflows, keys and (embedded) a worker, with one lifecycle.
+
+    Every part can be passed in; what is not is built from ``settings``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: Store | None = None,
+        queue: Queue | None = None,
+        models: ModelClient | None = None,
+        cache: Cache | None = None,
+        workflows: Mapping[str, Workflow] | None = None,
+        embedded_worker: bool | None = None,
+        api_keys: Iterable[str] | None = None,
+    ) -> None:
+        self.settings = settings = settings or Settings()
+        if store is None or queue is None:
+            store, queue = _store_and_queue(settings, store, queue)
+        self.store: Store = store
+        self.queue: Queue = queue
+        self.models = models or build_model_client(settings)
+        self.cache: Cache = cache or MemoryCache(
+            max_bytes=settings.cache.max_bytes, ttl_s=settings.cache.ttl_s
+        )
+        self.workflows: dict[str, Workflow] = dict(
+            workflows if workflows is not None else load_workflows(settings)
+        )
+        self.hub = EventHub()
+        if api_keys is None:  # keys to accept without a stored record, e.g. for a first deploy
+            api_keys = os.environ.get("SURGEFLOW_API_KEYS", "").split(",")
+        self.keys = KeyRing(store, bootstrap=api_keys, refresh_s=settings.auth.key_refresh_s)
+        run_worker = settings.worker.embedded if embedded_worker is None else embedded_worker
+        self.worker: Worker | None = self.new_worker() if run_worker else None
+        self._worker_task: asyncio.Task[None] | None = None
+        self.started_at: float | None = None
+
+    def new_worker(self, **overrides: Any) -> Worker:
+        """A worker over this service's store, queue, workflows and models."""
+        options: dict[str, Any] = {
+            "concurrency": self.settings.worker.concurrency,
+            "lease_s": self.settings.queue.lease_s,
+            "poll_interval_s": self.settings.worker.poll_interval_s,
+            "drain_timeout_s": self.settings.worker.drain_timeout_s,
+            "retry_backoff_s": self.settings.worker.retry_backoff_s,
+        }
+        options.update(overrides)
+        return Worker(
+            store=self.store,
+            queue=self.queue,
+            workflows=self.workflows,
+            models=self.models,
+            cache=self.cache,
+            hub=self.hub,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Service store={self.store!r} queue={self.queue!r} models={self.models!r} "
+            f"workflows={len(self.workflows)} worker={self.worker!r}>"
+        )
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        await _open(self.store)
+        await _open(self.queue)
+        await self.keys.start()
+        if not self.settings.auth.enabled:
+            log.warning("authentication is OFF (auth.enabled: false): anyone can call this gateway")
+        elif len(self.keys) == 0:
+            log.warning("no API keys exist yet: create one with `surgeflow keys create`")
+        if self.worker is not None:
+            self._worker_task = asyncio.create_task(self.worker.run(), name="embedded-worker")
+        self.started_at = time.time()
+
+    async def aclose(self) -> None:
+        if self.worker is not None and self._worker_task is not None:
+            self.worker.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker_task
+        await self.keys.aclose()
+        await self.models.aclose()
+        await self.cache.aclose()
+        await self.queue.aclose()
+        await self.store.aclose()
+
+    def workflow(self, name: str) -> Workflow:
+        workflow = self.workflows.get(name)
+        if workflow is None:
+            known = ", ".join(sorted(self.workflows)) or "none"
+            raise NotFound(f"no workflow named {name!r}; known workflows: {known}")
+        return workflow
+
+    async def invoke(self, workflow: Workflow, input: Any) -> Any:
+        """Run a workflow inline (no persistence) and return its output."""
+        return await workflow.run(input, models=self.models, cache=self.cache)
+
+    async def submit(
+        self,
+        workflow: str,
+        input: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        key_id: str | None = None,
+    ) -> tuple[Run, bool]:
+        """Create a durable run and enqueue it; a known idempotency key returns the same run."""
+        self.workflow(workflow)
+        run, created = await self.store.create_run(
+            workflow, input, idempotency_key=idempotency_key, key_id=key_id
+        )
+        if created:
+            recorder = RunRecorder(self.store, run.id, self.hub)
+            recorder.emit("run.queued", data={"workflow": workflow})
+            await recorder.flush()
+            await self.queue.put(run.id)
+        return run, created
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a run: at once if queued; a running one stops at its next await."""
+        before = await self.store.get_run(run_id)
+        run = await self.store.request_cancel(run_id)
+        if before.status is RunStatus.QUEUED and run.status is RunStatus.CANCELLED:
+            recorder = RunRecorder(self.store, run.id, self.hub)
+            recorder.emit("run.cancelled", data={"error": "cancelled before it started"})
+            await recorder.flush()
+        if self.worker is not None:
+            await self.worker.cancel(run_id)
+        return run
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        try:
+            await self.queue.stats()
+            checks["queue"] = "ok"
+        except Exception as exc:
+            checks["queue"] = f"failing: {exc}"
+        try:
+            await self.store.list_runs(limit=1)
+            checks["store"] = "ok"
+        except Exception as exc:
+            checks["store"] = f"failing: {exc}"
+        if self.worker is not None:
+            running = self._worker_task is not None and not self._worker_task.done()
+            checks["worker"] = "ok" if running else "stopped"
+        return all(v == "ok" for v in checks.values()), checks
+
+
+async def _open(resource: object) -> None:
+    opener = getattr(resource, "open", None)
+    if opener is not None:
+        await opener()
+
+
+def _store_and_queue(
+    settings: Settings, store: Store | None, queue: Queue | None
+) -> tuple[Store, Queue]:
+    if store is None:
+        if not settings.store.url.startswith("sqlite://"):
+            raise ConfigError(f"unsupported store URL {settings.store.url!r} (use sqlite:///path)")
+        store = SQLiteStore(settings.store.url)
+    if queue is None:
+        url = settings.queue_url
+        if not url.startswith("sqlite://"):
+            raise ConfigError(f"unsupported queue URL {url!r} (use sqlite:///path)")
+        same_db = isinstance(store, SQLiteStore) and url == settings.store.url
+        target = store.db if same_db and isinstance(store, SQLiteStore) else url
+        queue = SQLiteQueue(target, max_attempts=settings.queue.max_attempts)
+    return store, queue
+
+
+def build_backend(model: str, index: int, endpoint: EndpointSettings) -> ModelBackend:
+    name = endpoint.name or f"{model}-{index}"
+    if endpoint.simulated is not None:
+        sim = endpoint.simulated
+        return SimulatedBackend(
+            name,
+            ttft_ms=sim.ttft_ms,
+            tokens_per_s=sim.tokens_per_s,
+            latency=sim.latency,
+            jitter=sim.jitter,
+            error_rate=sim.error_rate,
+            rate_limit_rps=sim.rate_limit_rps,
+            seed=sim.seed if sim.seed is not None else index,
+        )
+    assert endpoint.url is not None
+    api_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+    if endpoint.api_key_env and api_key is None:
+        raise ConfigError(f"endpoint {name!r} reads its key from ${endpoint.api_key_env}, unset")
+    return OpenAIHTTPBackend(
+        name, endpoint.url, api_key=api_key, max_connections=endpoint.max_concurrency
+    )
+
+
+def build_model_client(settings: Settings) -> ModelClient:
+    routes = {
+        model.name: [build_backend(model.name, i, ep) for i, ep in enumerate(model.endpoints)]
+        for model in settings.models
+    }
+    return ModelClient(routes)
+
+
+def load_workflows(settings: Settings) -> dict[str, Workflow]:
+    """Import the workflows named in settings (``module:attribute``).
+
+    The attribute is a `Workflow`, a mapping or list of them, or a factory returning one of those;
+    a factory with a ``model`` parameter is given the first configured model's name.
+    """
+    workflows: dict[str, Workflow] = {}
+    default_model = settings.models[0].name if settings.models else None
+    for spec in settings.workflows:
+        module_name, _, attr = spec.partition(":")
+        try:
+            target = getattr(importlib.import_module(module_name), attr or "workflows")
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot load workflows from {spec!r}: {exc}") from None
+        if callable(target) and not isinstance(target, Workflow):
+            accepts_model = "model" in inspect.signature(target).parameters
+            target = target(model=default_model) if accepts_model and default_model else target()
+        items = (
+            target.values()
+            if isinstance(target, Mapping)
+            else ([target] if isinstance(target, Workflow) else list(target))
+        )
+        for workflow in items:
+            if not isinstance(workflow, Workflow):
+                raise ConfigError(f"{spec!r} gave {workflow!r}, which is not a Workflow")
+            workflows[workflow.name] = workflow
+    return workflows

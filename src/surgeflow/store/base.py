@@ -1,0 +1,136 @@
+"""The Store protocol: runs, step checkpoints, run events and API keys."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+import msgspec
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD})
+
+
+class Run(msgspec.Struct, kw_only=True):
+    """A durable workflow run. Times are Unix seconds (float)."""
+
+    id: str
+    workflow: str
+    status: RunStatus
+    input: dict[str, Any]
+    output: Any = None
+    error: str | None = None
+    idempotency_key: str | None = None
+    key_id: str | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class RunEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One thing that happened to a run; ``seq`` counts from 1 per run."""
+
+    run_id: str
+    seq: int
+    type: str
+    at: float
+    step: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class ApiKey(msgspec.Struct, kw_only=True):
+    """A stored API key: its public id and the SHA-256 of its secret (never the secret)."""
+
+    id: str
+    name: str
+    hash: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+class Store(Protocol):
+    """Durable state. Every method is safe to call concurrently from many tasks."""
+
+    async def create_run(
+        self,
+        workflow: str,
+        input: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        key_id: str | None = None,
+    ) -> tuple[Run, bool]:
+        """Create a queued run; with a known idempotency key return that run and ``False``."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run:
+        """The run, or `NotFound`."""
+        ...
+
+    async def list_runs(
+        self, *, statuses: frozenset[RunStatus] | None = None, limit: int = 100
+    ) -> list[Run]:
+        """Runs, newest first, optionally only those in ``statuses``."""
+        ...
+
+    async def start_run(self, run_id: str) -> Run:
+        """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start)."""
+        ...
+
+    async def finish_run(
+        self, run_id: str, status: RunStatus, *, output: Any = None, error: str | None = None
+    ) -> Run:
+        """Move a run to a terminal status. A run that is already terminal is left as it is."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> Run:
+        """Cancel a queued run at once; flag a running one (``cancel_requested``)."""
+        ...
+
+    async def save_checkpoint(self, run_id: str, key: str, output: bytes) -> None:
+        """Remember the JSON output of the finished step ``key`` (overwrites)."""
+        ...
+
+    async def load_checkpoints(self, run_id: str) -> dict[str, bytes]:
+        """Every saved step output of the run, by step key."""
+        ...
+
+    async def append_event(
+        self,
+        run_id: str,
+        type: str,
+        *,
+        step: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> RunEvent:
+        """Append an event; its ``seq`` is one more than the run's last."""
+        ...
+
+    async def list_events(self, run_id: str, *, after_seq: int = 0) -> list[RunEvent]:
+        """The run's events with ``seq > after_seq``, in order."""
+        ...
+
+    async def add_api_key(self, key: ApiKey) -> None: ...
+
+    async def list_api_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_api_key(self, key_id: str) -> ApiKey:
+        """Mark a key revoked, or `NotFound`."""
+        ...
+
+    async def aclose(self) -> None: ...

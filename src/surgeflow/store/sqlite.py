@@ -1,0 +1,336 @@
+"""The SQLite Store: runs, checkpoints, events and API keys in one file."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from typing import Any, ClassVar
+
+import msgspec
+
+from surgeflow._sqlite import Schema, SQLiteBacked
+from surgeflow.errors import Conflict, NotFound, StoreError, ValidationError
+from surgeflow.store.base import ApiKey, Run, RunEvent, RunStatus
+
+SCHEMA = Schema(
+    name="store",
+    ddl=(
+        """CREATE TABLE IF NOT EXISTS runs (
+            id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            status TEXT NOT NULL,
+            input TEXT NOT NULL,
+            output TEXT,
+            error TEXT,
+            idempotency_key TEXT,
+            key_id TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        )""",
+        # Idempotency keys are scoped to the API key that sent them, so one tenant's key can never
+        # return another tenant's run.
+        """CREATE UNIQUE INDEX IF NOT EXISTS runs_idempotency
+            ON runs (coalesce(key_id, ''), idempotency_key) WHERE idempotency_key IS NOT NULL""",
+        "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at)",
+        "CREATE INDEX IF NOT EXISTS runs_status_created ON runs (status, created_at)",
+        """CREATE TABLE IF NOT EXISTS checkpoints (
+            run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            output BLOB NOT NULL,
+            saved_at REAL NOT NULL,
+            PRIMARY KEY (run_id, key)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS events (
+            run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            step TEXT,
+            data TEXT,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE IF NOT EXISTS api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )""",
+    ),
+)
+
+_RUN_COLUMNS = (
+    "id, workflow, status, input, output, error, idempotency_key, key_id, cancel_requested,"
+    " attempts, created_at, updated_at, started_at, finished_at"
+)
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in RunStatus if s.terminal)
+_KEY_COLUMNS = "id, name, hash, created_at, revoked_at"
+
+_encoder = msgspec.json.Encoder()
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def _encode(value: Any, what: str) -> str:
+    try:
+        return _encoder.encode(value).decode()
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def _run_from_row(row: tuple[Any, ...]) -> Run:
+    (id_, workflow, status, input_, output, error, ikey, key_id, cancel, attempts) = row[:10]
+    return Run(
+        id=id_,
+        workflow=workflow,
+        status=RunStatus(status),
+        input=_decode_dict(input_),
+        output=None if output is None else msgspec.json.decode(output),
+        error=error,
+        idempotency_key=ikey,
+        key_id=key_id,
+        cancel_requested=bool(cancel),
+        attempts=attempts,
+        created_at=row[10],
+        updated_at=row[11],
+        started_at=row[12],
+        finished_at=row[13],
+    )
+
+
+def _fetch_run(conn: sqlite3.Connection, run_id: str) -> Run:
+    row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no run {run_id!r}")
+    return _run_from_row(row)
+
+
+def _update_live_run(
+    conn: sqlite3.Connection, run_id: str, assignments: str, params: tuple[Any, ...]
+) -> Run:
+    """Apply ``assignments`` unless the run is terminal; the run as it now is, or `NotFound`."""
+    row = conn.execute(
+        f"UPDATE runs SET {assignments} WHERE id = ? AND status NOT IN ({_TERMINAL_SQL})"
+        f" RETURNING {_RUN_COLUMNS}",
+        (*params, run_id),
+    ).fetchone()
+    return _fetch_run(conn, run_id) if row is None else _run_from_row(row)
+
+
+def _require_run(conn: sqlite3.Connection, run_id: str) -> None:
+    if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+        raise NotFound(f"no run {run_id!r}")
+
+
+def _key_from_row(row: tuple[Any, ...]) -> ApiKey:
+    return ApiKey(id=row[0], name=row[1], hash=row[2], created_at=row[3], revoked_at=row[4])
+
+
+class SQLiteStore(SQLiteBacked):
+    """The `Store` in a SQLite file (``sqlite:///surgeflow.db``), or in a shared `SQLiteDatabase`.
+
+    Safe for many tasks and for several processes on one file.
+    """
+
+    _schema: ClassVar[Schema] = SCHEMA
+    _error: ClassVar[type[StoreError]] = StoreError
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore path={str(self.db.path)!r} state={self._state.value}>"
+
+    async def create_run(
+        self,
+        workflow: str,
+        input: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        key_id: str | None = None,
+    ) -> tuple[Run, bool]:
+        """Create a queued run; with a known idempotency key return that run and ``False``."""
+        input_json = _encode(input, "run input")
+        run_id = "run_" + secrets.token_urlsafe(15)
+        now = time.time()
+
+        def create(conn: sqlite3.Connection) -> tuple[Run, bool]:
+            if idempotency_key is not None:
+                row = conn.execute(
+                    f"SELECT {_RUN_COLUMNS} FROM runs WHERE coalesce(key_id, '') = ?"
+                    " AND idempotency_key = ?",
+                    (key_id or "", idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return _run_from_row(row), False
+            row = conn.execute(
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, 0, 0,"
+                f" ?, ?, NULL, NULL) RETURNING {_RUN_COLUMNS}",
+                (run_id, workflow, "queued", input_json, idempotency_key, key_id, now, now),
+            ).fetchone()
+            return _run_from_row(row), True
+
+        return await self._write(create)
+
+    async def get_run(self, run_id: str) -> Run:
+        """The run, or `NotFound`."""
+        return await self._read(lambda conn: _fetch_run(conn, run_id))
+
+    async def list_runs(
+        self, *, statuses: frozenset[RunStatus] | None = None, limit: int = 100
+    ) -> list[Run]:
+        """Runs, newest first, optionally only those in ``statuses``."""
+        if limit <= 0 or (statuses is not None and not statuses):
+            return []
+        values = [s.value for s in statuses or ()]
+        where = f"WHERE status IN ({', '.join('?' * len(values))})" if values else ""
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        )
+        rows = await self._read(lambda conn: conn.execute(sql, (*values, limit)).fetchall())
+        return [_run_from_row(row) for row in rows]
+
+    async def start_run(self, run_id: str) -> Run:
+        """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start).
+
+        A terminal run (cancelled while queued, say) is returned unchanged: check its status.
+        """
+        now = time.time()
+        sql = (
+            "status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, ?),"
+            " updated_at = ?"
+        )
+        return await self._write(lambda conn: _update_live_run(conn, run_id, sql, (now, now)))
+
+    async def finish_run(
+        self, run_id: str, status: RunStatus, *, output: Any = None, error: str | None = None
+    ) -> Run:
+        """Move a run to a terminal status. A run that is already terminal is left as it is."""
+        if not status.terminal:
+            raise ValueError(f"finish_run needs a terminal status, not {status.value!r}")
+        output_json = None if output is None else _encode(output, "run output")
+        now = time.time()
+        sql = "status = ?, output = ?, error = ?, finished_at = ?, updated_at = ?"
+        params = (status.value, output_json, error, now, now)
+        return await self._write(lambda conn: _update_live_run(conn, run_id, sql, params))
+
+    async def request_cancel(self, run_id: str) -> Run:
+        """Cancel a queued run at once; flag a running one (``cancel_requested``)."""
+        now = time.time()
+        sql = (
+            "status = CASE status WHEN 'queued' THEN 'cancelled' ELSE status END,"
+            " finished_at = CASE status WHEN 'queued' THEN ? ELSE finished_at END,"
+            " cancel_requested = cancel_requested OR status = 'running',"
+            " updated_at = ?"
+        )
+        return await self._write(lambda conn: _update_live_run(conn, run_id, sql, (now, now)))
+
+    async def save_checkpoint(self, run_id: str, key: str, output: bytes) -> None:
+        """Remember the JSON output of the finished step ``key`` (overwrites)."""
+        now = time.time()
+
+        def save(conn: sqlite3.Connection) -> None:
+            _require_run(conn, run_id)
+            conn.execute(
+                "INSERT INTO checkpoints (run_id, key, output, saved_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (run_id, key) DO UPDATE"
+                " SET output = excluded.output, saved_at = excluded.saved_at",
+                (run_id, key, output, now),
+            )
+
+        await self._write(save)
+
+    async def load_checkpoints(self, run_id: str) -> dict[str, bytes]:
+        """Every saved step output of the run, by step key (empty for an unknown run)."""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT key, output FROM checkpoints WHERE run_id = ?", (run_id,)
+            ).fetchall()
+        )
+        return {key: bytes(output) for key, output in rows}
+
+    async def append_event(
+        self,
+        run_id: str,
+        type: str,
+        *,
+        step: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> RunEvent:
+        """Append an event; its ``seq`` is one more than the run's last."""
+        data_json = None if data is None else _encode(data, "event data")
+        now = time.time()
+
+        def append(conn: sqlite3.Connection) -> int:
+            _require_run(conn, run_id)
+            # max + 1 is race-free: every write holds the file's write lock (BEGIN IMMEDIATE).
+            row = conn.execute(
+                "INSERT INTO events (run_id, seq, type, at, step, data)"
+                " SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE run_id = ?"
+                " RETURNING seq",
+                (run_id, type, now, step, data_json, run_id),
+            ).fetchone()
+            return int(row[0])
+
+        seq = await self._write(append)
+        return RunEvent(run_id=run_id, seq=seq, type=type, at=now, step=step, data=data)
+
+    async def list_events(self, run_id: str, *, after_seq: int = 0) -> list[RunEvent]:
+        """The run's events with ``seq > after_seq``, in order."""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT seq, type, at, step, data FROM events"
+                " WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, after_seq),
+            ).fetchall()
+        )
+        return [
+            RunEvent(
+                run_id=run_id,
+                seq=seq,
+                type=type_,
+                at=at,
+                step=step,
+                data=None if data is None else _decode_dict(data),
+            )
+            for seq, type_, at, step, data in rows
+        ]
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        """Store ``key``; `Conflict` if its id or hash is taken."""
+
+        def add(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    (key.id, key.name, key.hash, key.created_at, key.revoked_at),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"API key {key.id!r} or its hash exists already") from exc
+
+        await self._write(add)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+            ).fetchall()
+        )
+        return [_key_from_row(row) for row in rows]
+
+    async def revoke_api_key(self, key_id: str) -> ApiKey:
+        """Mark a key revoked (keeping the first revocation time), or `NotFound`."""
+        now = time.time()
+
+        def revoke(conn: sqlite3.Connection) -> ApiKey:
+            row = conn.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?"
+                f" RETURNING {_KEY_COLUMNS}",
+                (now, key_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no API key {key_id!r}")
+            return _key_from_row(row)
+
+        return await self._write(revoke)
