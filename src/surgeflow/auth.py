@@ -35,7 +35,7 @@ def new_key(name: str) -> tuple[str, ApiKey]:
 
 
 class KeyRing:
-    """The keys a gateway accepts: stored keys (reloaded every ``refresh_s``) plus bootstrap ones."""
+    """The keys a gateway accepts: stored ones (reloaded every ``refresh_s``) and bootstrap ones."""
 
     def __init__(self, store: Store, *, bootstrap: Iterable[str] = (), refresh_s: float = 5.0):
         self._store = store

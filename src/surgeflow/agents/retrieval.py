@@ -18,7 +18,7 @@ STOPWORDS = frozenset(
     this that these those there here
     can could would should will shall may might must
     please hi hello hey thanks thank just also very too really some any all each
-    get got im ive id dont""".split()  # noqa: SIM905
+    get got im ive id dont like want need know tell""".split()  # noqa: SIM905
 )
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -73,7 +73,9 @@ class Tokenizer:
         synonyms: Mapping[str, Iterable[str]] | None = None,
         phrases: Mapping[str, str] | None = None,
     ) -> None:
-        self._phrases = [(re.compile(rf"\b(?:{p})\b"), f" {r} ") for p, r in (phrases or {}).items()]
+        self._phrases = [
+            (re.compile(rf"\b(?:{p})\b"), f" {r} ") for p, r in (phrases or {}).items()
+        ]
         self._synonyms = {
             stem(word): stem(canonical)
             for canonical, words in (synonyms or {}).items()

@@ -45,13 +45,13 @@ class Usage(msgspec.Struct):
     total_tokens: int = 0
 
 
-class Choice(msgspec.Struct, omit_defaults=True):
+class Choice(msgspec.Struct):
     index: int
     message: Message
     finish_reason: str | None = "stop"
 
 
-class ChatResponse(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+class ChatResponse(msgspec.Struct, forbid_unknown_fields=False):
     """A chat completion, as OpenAI returns it."""
 
     id: str
@@ -80,7 +80,7 @@ class ChunkChoice(msgspec.Struct):
     finish_reason: str | None = None
 
 
-class ChatChunk(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+class ChatChunk(msgspec.Struct, forbid_unknown_fields=False):
     """One streamed chunk (``object: chat.completion.chunk``)."""
 
     id: str

@@ -42,7 +42,7 @@ UPDATE jobs SET status = 'leased', attempts = attempts + 1, lease_owner = ?, lea
 WHERE id IN (
     SELECT id FROM (
         SELECT id, available_at FROM (
-            SELECT id, available_at FROM jobs WHERE status = 'leased' AND lease_expires_at <= ?
+            SELECT id, available_at FROM jobs WHERE status = 'leased' AND lease_expires_at < ?
             ORDER BY lease_expires_at LIMIT ?)
         UNION ALL
         SELECT id, available_at FROM (
@@ -153,7 +153,7 @@ class SQLiteQueue(SQLiteBacked):
         A worker that lost the lease changes nothing and gets ``True``: the job lives on elsewhere.
         """
         rows = await self._execute(
-            "UPDATE jobs SET status = CASE WHEN attempts >= ? THEN 'dead' ELSE 'ready' END,"
+            "UPDATE jobs SET status = CASE WHEN attempts > ? THEN 'dead' ELSE 'ready' END,"
             " available_at = ?, lease_owner = NULL, lease_expires_at = NULL, last_error = ?"
             f" WHERE {_OWNED} RETURNING status",
             (self.max_attempts, self._clock() + max(delay_s, 0.0), error, *_owned(job, worker_id)),
