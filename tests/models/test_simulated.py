@@ -275,3 +275,21 @@ async def test_closed_backend_refuses_calls() -> None:
 def test_bad_options_are_config_errors(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         SimulatedBackend("sim", **options)
+
+
+def test_reply_restates_the_material_closest_to_the_question() -> None:
+    system = (
+        "You answer from the policy below.\n\n"
+        "[a] Shipping takes five business days to most countries.\n\n"
+        "[b] Refunds are paid back to the original card within ten days."
+    )
+    messages = [
+        Message(role="system", content=system),
+        Message(role="user", content="When will my refund reach my card?"),
+    ]
+    words = compose_reply(messages, 10, 40)
+    text = " ".join(words)
+    assert "Refunds are paid back to the original card within ten days." in text
+    assert "Shipping" not in text.split("Refunds")[0]  # the closer passage comes first
+    assert "You answer" not in text  # instructions are not material
+    assert 10 <= len(words) <= 40

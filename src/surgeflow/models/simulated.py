@@ -63,13 +63,30 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z0-9'-]*")
 def compose_reply(messages: Sequence[Message], min_tokens: int, max_tokens: int) -> list[str]:
     """The reply's words: a pure function of ``messages``, ``min_tokens`` to ``max_tokens`` long.
 
-    No word contains whitespace, so ``len(words)`` is the completion's token count.
+    Like a model told to answer from given material, the reply first restates the sentences of
+    the prompt's reference material (see `_grounding`) that share most words with the question,
+    then, if it is still short, goes on with filler drawn from a fixed vocabulary. No word
+    contains whitespace, so ``len(words)`` is the completion's token count.
     """
     digest = hashlib.blake2b(msgspec.json.encode(messages), digest_size=64).digest()
     n = min_tokens + int.from_bytes(digest[:4], "little") % (max_tokens - min_tokens + 1)
     topic = _topic_words(messages)
     words = ["Regarding", *topic[:-1], topic[-1] + ":"]
-    if n > len(words):
+    grounding = _grounding(messages)
+    for sentence in grounding:
+        if len(words) >= n:
+            break
+        words += sentence.split()
+    if grounding:
+        # A grounded answer ends politely rather than in filler, and never passes the cap.
+        for closing in itertools.cycle(_CLOSINGS):
+            if len(words) >= n:
+                break
+            words += closing.split()
+        del words[max_tokens:]
+    elif len(words) >= n:
+        del words[n:]
+    else:
         pool = (*_VOCABULARY, *topic, *topic)
         noise = _random_bytes(digest, n - len(words))
         body = [pool[byte % len(pool)] for byte in noise]
@@ -80,11 +97,55 @@ def compose_reply(messages: Sequence[Message], min_tokens: int, max_tokens: int)
             body[end + 1] = body[end + 1].capitalize()
             end += 6 + (noise[end] >> 5)
         words += body
-    else:
-        del words[n:]
-    if not words[-1].endswith((".", ":")):
+    if not words[-1].endswith((".", ":", "!")):
         words[-1] += "."
     return words
+
+
+_CLOSINGS = (
+    "I hope this helps.",
+    "Let me know if there is anything else I can do for you.",
+    "Thank you for your patience.",
+)
+_SENTENCE_END = re.compile(r"(?<=[.!])\s+|\n+")
+_CITATION = re.compile(r"^\s*(\[[^\]]*\]|[-*•]|\d+[.)])\s*")
+
+
+def _grounding(messages: Sequence[Message]) -> list[str]:
+    """Statements the prompt gives as material, from the passage closest to the question first.
+
+    Material is every paragraph of the system message but its first (the instructions), or, when
+    there is none, the lines of the user's messages; a passage's statements keep their order, and
+    questions and fragments under five words are not statements.
+    """
+    passages: list[str] = []
+    user_texts: list[str] = []
+    for message in messages:
+        text = _text_of(message)
+        if message.role == "system":
+            passages.extend(text.split("\n\n")[1:])
+        elif message.role == "user":
+            user_texts.append(text)
+    question = _stems(user_texts[-1]) if user_texts else set()
+    if not passages:
+        passages = user_texts
+    ranked: list[tuple[int, int, list[str]]] = []
+    for order, passage in enumerate(passages):
+        sentences = [_CITATION.sub("", raw).strip() for raw in _SENTENCE_END.split(passage)]
+        statements = [s for s in sentences if len(s.split()) >= 5 and not s.endswith("?")]
+        if statements:
+            ranked.append((-len(question & _stems(passage)), order, statements))
+    ranked.sort()
+    return [statement for _, _, statements in ranked for statement in statements]
+
+
+def _stems(text: str) -> set[str]:
+    # Five letters are a crude stem, enough to match "returns" with "returned".
+    return {
+        word.lower()[:5]
+        for word in _WORD.findall(text)
+        if len(word) > 3 and word.lower() not in _STOPWORDS
+    }
 
 
 def _random_bytes(seed: bytes, count: int) -> bytes:

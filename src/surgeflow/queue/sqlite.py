@@ -53,11 +53,11 @@ WHERE id IN (
 RETURNING id, run_id, attempts, lease_expires_at, available_at
 """
 # A lease is one (job, owner, attempt): a job leased again, even to the same worker, is a new one.
-_OWNED = "id = ? AND status = 'leased' AND lease_owner = ? AND attempts = ?"
+_OWNED = "id = ? AND status = 'leased' AND lease_owner = ?"
 
 
-def _owned(job: Job, worker_id: str) -> tuple[str, str, int]:
-    return (job.id, worker_id, job.attempts)
+def _owned(job: Job, worker_id: str) -> tuple[str, str]:
+    return (job.id, worker_id)
 
 
 class SQLiteQueue(SQLiteBacked):
@@ -153,7 +153,7 @@ class SQLiteQueue(SQLiteBacked):
         A worker that lost the lease changes nothing and gets ``True``: the job lives on elsewhere.
         """
         rows = await self._execute(
-            "UPDATE jobs SET status = CASE WHEN attempts > ? THEN 'dead' ELSE 'ready' END,"
+            "UPDATE jobs SET status = CASE WHEN attempts >= ? THEN 'dead' ELSE 'ready' END,"
             " available_at = ?, lease_owner = NULL, lease_expires_at = NULL, last_error = ?"
             f" WHERE {_OWNED} RETURNING status",
             (self.max_attempts, self._clock() + max(delay_s, 0.0), error, *_owned(job, worker_id)),
