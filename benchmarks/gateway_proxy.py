@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import secrets
 import shutil
@@ -22,7 +23,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import PYTHON, child_process, free_port, machine, median, print_table, write_results
+from _common import (
+    PYTHON,
+    child_process,
+    cpu_seconds,
+    free_port,
+    machine,
+    median,
+    print_table,
+    write_results,
+)
 from _servers import MODEL
 
 SERVERS = str(Path(__file__).resolve().parent / "_servers.py")
@@ -81,10 +91,20 @@ def expect(status: int, wanted: int, what: str) -> None:
         raise RuntimeError(f"sanity check failed ({what}): HTTP {status}, expected {wanted}")
 
 
+@dataclasses.dataclass
+class Servers:
+    urls: dict[str, str]
+    pids: dict[str, int]
+    key: str
+
+
 def trial(
-    args: argparse.Namespace, url: str, body: str, key: str, lua: Path, duration_s: float
+    args: argparse.Namespace, servers: Servers, target: str, body: str, lua: Path, duration_s: float
 ) -> dict[str, float]:
-    """One bounded load run against ``url``; wrk's summary (or pyload's) as a dict."""
+    """One bounded load run against ``target``: wrk's (or pyload's) summary, and CPU used."""
+    url, key = servers.urls[target], servers.key
+    pid, upstream_pid = servers.pids[target], servers.pids["upstream"]
+    cpu_before = cpu_seconds(pid), cpu_seconds(upstream_pid)
     if args.loadgen == "wrk":
         command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration_s:g}s"]
         command += ["--latency", "--timeout", "5s", "-s", str(lua), url + PATH]
@@ -93,13 +113,19 @@ def trial(
         command += [f"--api-key={key}", f"--connections={args.connections}"]
         command += [f"--duration-s={duration_s}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
+    cpu_s = cpu_seconds(pid) - cpu_before[0]
+    upstream_cpu_s = cpu_seconds(upstream_pid) - cpu_before[1]
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("LOAD_JSON ")), None)
     if line is None:
         raise RuntimeError(f"load generator failed: {done.stdout[-1000:]}{done.stderr[-1000:]}")
     raw = json.loads(line.removeprefix("LOAD_JSON "))
     errors = sum(raw.get(k, 0) for k in ("connect", "read", "write", "status", "timeout"))
+    elapsed_s = raw["duration_us"] / 1e6
     return {
-        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "rps": raw["requests"] / elapsed_s,
+        "cpu_us_per_request": cpu_s / raw["requests"] * 1e6,
+        "cores_used": cpu_s / elapsed_s,
+        "upstream_cores_used": upstream_cpu_s / elapsed_s,
         "requests": raw["requests"],
         "errors": errors,
         "p50_ms": raw["p50_us"] / 1000,
@@ -109,32 +135,39 @@ def trial(
 
 
 def run_variant(
-    args: argparse.Namespace, urls: dict[str, str], key: str, stream: bool, tmp: Path
+    args: argparse.Namespace, servers: Servers, stream: bool, tmp: Path
 ) -> dict[str, Any]:
     body = request_body(stream)
     lua = tmp / f"chat-{'stream' if stream else 'plain'}.lua"
-    lua.write_text(LUA % {"body": body, "key": key}, encoding="utf-8")
+    lua.write_text(LUA % {"body": body, "key": servers.key}, encoding="utf-8")
     name = "stream" if stream else "plain"
     trials: dict[str, list[dict[str, float]]] = {t: [] for t in TARGETS}
     ratios: list[float] = []
+    cpu_ratios: list[float] = []
     for index in range(args.rounds):
         order = TARGETS[index % 3 :] + TARGETS[: index % 3]
         for target in order:
-            trial(args, urls[target], body, key, lua, args.warmup_s)
-            result = trial(args, urls[target], body, key, lua, args.duration_s)
+            trial(args, servers, target, body, lua, args.warmup_s)
+            result = trial(args, servers, target, body, lua, args.duration_s)
             trials[target].append(result)
             print(
                 f"  [{name}] round {index + 1}/{args.rounds} {target:8} {result['rps']:8,.0f} req/s"
                 f"  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms"
+                f"  {result['cpu_us_per_request']:4.0f} CPU-µs/req"
+                f"  upstream {result['upstream_cores_used']:.2f} cores"
                 f"  errors {result['errors']:.0f}",
                 flush=True,
             )
-        ratios.append(trials["gateway"][-1]["rps"] / trials["bare"][-1]["rps"])
+        gateway, bare = trials["gateway"][-1], trials["bare"][-1]
+        ratios.append(gateway["rps"] / bare["rps"])
+        cpu_ratios.append(gateway["cpu_us_per_request"] / bare["cpu_us_per_request"])
     summary = {
         target: {
             "rps": median([r["rps"] for r in results]),
             "p50_ms": median([r["p50_ms"] for r in results]),
             "p99_ms": median([r["p99_ms"] for r in results]),
+            "cpu_us_per_request": median([r["cpu_us_per_request"] for r in results]),
+            "upstream_cores_used": median([r["upstream_cores_used"] for r in results]),
             "errors": sum(r["errors"] for r in results),
         }
         for target, results in trials.items()
@@ -143,6 +176,7 @@ def run_variant(
         "summary": summary,
         "ratio_gateway_over_bare": median(ratios),
         "ratios": ratios,
+        "cpu_per_request_ratio_gateway_over_bare": median(cpu_ratios),
         "trials": trials,
     }
 
@@ -172,10 +206,12 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gw-")))
         to_upstream = ["--upstream", urls["upstream"]]
+        pids: dict[str, int] = {}
         roles = {"upstream": [], "bare": to_upstream, "gateway": [*to_upstream, "--api-key", key]}
         for role, extra in roles.items():
             command = [PYTHON, SERVERS, role, "--port", str(ports[role]), *extra]
-            stack.enter_context(child_process(role, command, port=ports[role]))
+            pids[role] = stack.enter_context(child_process(role, command, port=ports[role])).pid
+        servers = Servers(urls, pids, key)
         for stream in (False, True):
             for target in TARGETS:
                 expect(check(urls[target], request_body(stream), key, stream), 200, target)
@@ -186,18 +222,23 @@ def main() -> int:
             f"{args.rounds} rounds of {args.duration_s:g} s (+{args.warmup_s:g} s warm-up)"
         )
         for name in args.variants.split(","):
-            results[name] = run_variant(args, urls, key, name == "stream", tmp)
+            results[name] = run_variant(args, servers, name == "stream", tmp)
     rows = []
     for name in args.variants.split(","):
         for target in TARGETS:
             s = results[name]["summary"][target]
-            rows.append([f"{name}/{target}", s["rps"], s["p50_ms"], s["p99_ms"], s["errors"]])
+            cpu = s["cpu_us_per_request"]
+            rows.append([f"{name}/{target}", s["rps"], s["p50_ms"], s["p99_ms"], cpu, s["errors"]])
     print()
-    print_table(["target", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+    print_table(["target", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "errors"], rows)
     for name in args.variants.split(","):
         ratio = results[name]["ratio_gateway_over_bare"]
+        cpu_ratio = results[name]["cpu_per_request_ratio_gateway_over_bare"]
         verdict = "meets" if ratio >= args.target_ratio else "MISSES"
-        print(f"{name}: gateway / bare = {ratio:.2f}  ({verdict} the {args.target_ratio}x target)")
+        print(
+            f"{name}: gateway / bare = {ratio:.2f} in req/s ({verdict} the {args.target_ratio}x"
+            f" target); CPU per request: {cpu_ratio:.2f}x the bare proxy's"
+        )
     print(f"results: {write_results('gateway_proxy', results)}")
     return 0
 

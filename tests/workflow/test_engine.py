@@ -5,7 +5,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from surgeflow import StepError, ValidationError
+from surgeflow import NotFound, StepError, ValidationError
 from surgeflow.cache import MemoryCache
 from surgeflow.workflow import Branch, Context, Loop, Map, Parallel, StepEvent, Workflow, step
 
@@ -176,6 +176,21 @@ async def test_step_that_keeps_failing_raises_step_error() -> None:
     assert info.value.step == "broken"
     assert events[-1].type == "step.failed"
     assert events[-1].attempt == 2
+
+
+async def test_errors_another_attempt_cannot_fix_are_not_retried() -> None:
+    calls = 0
+
+    @step(retries=3, backoff_s=0.001)
+    async def lookup(ctx: Context) -> None:
+        nonlocal calls
+        calls += 1
+        raise NotFound("no user 'nobody'")
+
+    with pytest.raises(StepError, match="no user 'nobody'") as info:
+        await Workflow("lookup", lookup).run({})
+    assert calls == 1
+    assert isinstance(info.value.__cause__, NotFound)
 
 
 async def test_timeout_fails_the_step() -> None:

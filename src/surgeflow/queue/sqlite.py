@@ -42,7 +42,7 @@ UPDATE jobs SET status = 'leased', attempts = attempts + 1, lease_owner = ?, lea
 WHERE id IN (
     SELECT id FROM (
         SELECT id, available_at FROM (
-            SELECT id, available_at FROM jobs WHERE status = 'leased' AND lease_expires_at < ?
+            SELECT id, available_at FROM jobs WHERE status = 'leased' AND lease_expires_at <= ?
             ORDER BY lease_expires_at LIMIT ?)
         UNION ALL
         SELECT id, available_at FROM (
@@ -53,11 +53,11 @@ WHERE id IN (
 RETURNING id, run_id, attempts, lease_expires_at, available_at
 """
 # A lease is one (job, owner, attempt): a job leased again, even to the same worker, is a new one.
-_OWNED = "id = ? AND status = 'leased' AND lease_owner = ?"
+_OWNED = "id = ? AND status = 'leased' AND lease_owner = ? AND attempts = ?"
 
 
-def _owned(job: Job, worker_id: str) -> tuple[str, str]:
-    return (job.id, worker_id)
+def _owned(job: Job, worker_id: str) -> tuple[str, str, int]:
+    return (job.id, worker_id, job.attempts)
 
 
 class SQLiteQueue(SQLiteBacked):

@@ -19,7 +19,9 @@ class Step:
 
     The output is stored under ``ctx[name]`` and, in durable runs, checkpointed as JSON, so it must
     be encodable by msgspec (dicts, lists, scalars, Structs, dataclasses). The return annotation,
-    when present, is used to decode a checkpoint back into the same type on resume.
+    when present, is used to decode a checkpoint back into the same type on resume. A failed
+    attempt is retried up to ``retries`` times with exponential backoff and jitter, except for
+    errors another attempt cannot fix (surgeflow's `ValidationError`, `NotFound` and the like).
     """
 
     __slots__ = (

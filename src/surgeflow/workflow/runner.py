@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from surgeflow.cache.base import Cache
-from surgeflow.errors import StepError
+from surgeflow.errors import AuthError, ConfigError, Conflict, NotFound, StepError, ValidationError
 from surgeflow.workflow.context import Context
 from surgeflow.workflow.nodes import Branch, Loop, Map, Node, Parallel, Step
 
@@ -43,6 +43,8 @@ EventHandler = Callable[[StepEvent], None]
 CheckpointHandler = Callable[[str, bytes], Awaitable[None]]
 
 _encode = msgspec.json.encode
+# Errors that another attempt cannot fix: the step fails at once, whatever its retries.
+_PERMANENT = (ValidationError, NotFound, ConfigError, AuthError, Conflict)
 
 
 class Execution:
@@ -140,7 +142,7 @@ class Execution:
                         output = await step.fn(ctx)
             except Exception as exc:
                 message = _describe(exc, step)
-                if attempt > step.retries:
+                if attempt > step.retries or isinstance(exc, _PERMANENT):
                     if emit is not None:
                         duration_ms = (time.perf_counter() - started) * 1000
                         emit(StepEvent("step.failed", key, attempt, duration_ms, error=message))
