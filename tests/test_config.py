@@ -56,3 +56,13 @@ def test_bad_config_says_what_is_wrong(tmp_path: Path, text: str, message: str) 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "nope.yaml", env={})
+
+
+def test_unsupported_urls_are_refused_at_startup(tmp_path: Path) -> None:
+    from surgeflow.service import Service
+
+    env = {"SURGEFLOW_STORE__URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    with pytest.raises(ConfigError, match="unsupported cache URL 'memcached://x'"):
+        Service(load_settings(env={**env, "SURGEFLOW_CACHE__URL": "memcached://x"}))
+    with pytest.raises(ConfigError, match="unsupported store URL 'mysql://x'"):
+        Service(load_settings(env={**env, "SURGEFLOW_STORE__URL": "mysql://x"}))

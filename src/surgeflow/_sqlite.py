@@ -51,7 +51,7 @@ class Schema:
 
 @dataclasses.dataclass
 class DatabaseStats:
-    """Counters kept by the threads; read them for tests and benchmarks."""
+    """Counters for tests and benchmarks (the writer thread keeps all but ``reads``)."""
 
     transactions: int = 0
     writes: int = 0
@@ -168,6 +168,7 @@ class SQLiteDatabase:
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a reader thread, in one read transaction (a consistent snapshot)."""
+        self.stats.reads += 1  # here, not in the readers: two threads would race on it
         return await self._submit(self._read_q, fn)
 
     async def query(self, sql: str, params: Params = ()) -> list[Any]:
@@ -330,7 +331,6 @@ class SQLiteDatabase:
                     _deliver([(future, None, exc)])
                 else:
                     _deliver([(future, result, None)])
-                self.stats.reads += 1
         finally:
             conn.close()
 
@@ -427,7 +427,8 @@ class SQLiteBacked:
         return self
 
     async def aclose(self) -> None:
-        self._state = State.CLOSED
+        async with self._lock:
+            self._state = State.CLOSED
         if self._owns_db:
             await self._db.aclose()
 

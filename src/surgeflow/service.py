@@ -57,9 +57,7 @@ class Service:
         self.store: Store = store
         self.queue: Queue = queue
         self.models = models or build_model_client(settings)
-        self.cache: Cache = cache or MemoryCache(
-            max_bytes=settings.cache.max_bytes, ttl_s=settings.cache.ttl_s
-        )
+        self.cache: Cache = cache or _build_cache(settings)
         self.workflows: dict[str, Workflow] = dict(
             workflows if workflows is not None else load_workflows(settings)
         )
@@ -215,6 +213,12 @@ def _store_and_queue(
         target = store.db if same_db and isinstance(store, SQLiteStore) else url
         queue = SQLiteQueue(target, max_attempts=settings.queue.max_attempts)
     return store, queue
+
+
+def _build_cache(settings: Settings) -> Cache:
+    if settings.cache.url != "memory://":
+        raise ConfigError(f"unsupported cache URL {settings.cache.url!r} (use memory://)")
+    return MemoryCache(max_bytes=settings.cache.max_bytes, ttl_s=settings.cache.ttl_s)
 
 
 def build_backend(model: str, index: int, endpoint: EndpointSettings) -> ModelBackend:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import os
 import random
 import secrets
@@ -66,6 +67,7 @@ class Worker:
         poll_interval_s: float = 0.5,
         drain_timeout_s: float = 30.0,
         retry_backoff_s: float = 1.0,
+        reconcile_interval_s: float = 60.0,
         worker_id: str | None = None,
     ) -> None:
         self.store = store
@@ -79,6 +81,7 @@ class Worker:
         self.poll_interval_s = poll_interval_s
         self.drain_timeout_s = drain_timeout_s
         self.retry_backoff_s = retry_backoff_s
+        self.reconcile_interval_s = reconcile_interval_s
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.state = WorkerState.IDLE
         self.completed = 0
@@ -100,9 +103,12 @@ class Worker:
         """Work until `stop()`; with ``burst``, until the queue has nothing ready, then return."""
         self.state = WorkerState.RUNNING
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.id}")
+        reconciled_at = -math.inf
         try:
-            await self._reconcile()
             while not self._stopping.is_set():
+                if time.monotonic() - reconciled_at >= self.reconcile_interval_s:
+                    await self._reconcile()
+                    reconciled_at = time.monotonic()
                 free = self.concurrency - len(self._active)
                 if free <= 0:
                     await self._sleep(self.poll_interval_s)

@@ -42,7 +42,7 @@ UPDATE jobs SET status = 'leased', attempts = attempts + 1, lease_owner = ?, lea
 WHERE id IN (
     SELECT id FROM (
         SELECT id, available_at FROM (
-            SELECT id, available_at FROM jobs WHERE status = 'leased' AND lease_expires_at <= ?
+            SELECT id, available_at FROM jobs WHERE status = 'leased' AND lease_expires_at < ?
             ORDER BY lease_expires_at LIMIT ?)
         UNION ALL
         SELECT id, available_at FROM (

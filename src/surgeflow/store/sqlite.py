@@ -83,7 +83,8 @@ def _encode(value: Any, what: str) -> str:
 
 
 def _run_from_row(row: tuple[Any, ...]) -> Run:
-    (id_, workflow, status, input_, output, error, ikey, key_id, cancel, attempts) = row[:10]
+    (id_, workflow, status, input_, output, error, ikey, key_id, cancel, attempts, *times) = row
+    created_at, updated_at, started_at, finished_at = times
     return Run(
         id=id_,
         workflow=workflow,
@@ -95,10 +96,10 @@ def _run_from_row(row: tuple[Any, ...]) -> Run:
         key_id=key_id,
         cancel_requested=bool(cancel),
         attempts=attempts,
-        created_at=row[10],
-        updated_at=row[11],
-        started_at=row[12],
-        finished_at=row[13],
+        created_at=created_at,
+        updated_at=updated_at,
+        started_at=started_at,
+        finished_at=finished_at,
     )
 
 
