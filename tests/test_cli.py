@@ -1,11 +1,13 @@
 """The ``surgeflow`` command: keys, serve and demo, run as a user runs them."""
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE, STDOUT
 
 import aiohttp
 import pytest
@@ -53,25 +55,21 @@ def test_a_bad_config_file_is_reported_not_raised(in_tmp: Path) -> None:
 
 @pytest.mark.slow
 async def test_serve_accepts_a_created_key_and_stops_on_sigterm(in_tmp: Path) -> None:
-    created = subprocess.run(
-        [sys.executable, "-m", "surgeflow", "keys", "create"],
-        cwd=in_tmp,
-        capture_output=True,
-        text=True,
-        check=True,
+    env = {k: v for k, v in os.environ.items() if k != "SURGEFLOW_API_KEYS"}
+    create = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "surgeflow", "keys", "create", cwd=in_tmp, env=env, stdout=PIPE
     )
-    secret = created.stdout.strip().splitlines()[-1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "surgeflow", "serve", "--port", "0"],
+    secret = (await create.communicate())[0].decode().strip().splitlines()[-1]
+    server = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "surgeflow", "serve", "--port", "0"),
         cwd=in_tmp,
-        env={k: v for k, v in os.environ.items() if k != "SURGEFLOW_API_KEYS"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        env=env,
+        stdout=PIPE,
+        stderr=STDOUT,
     )
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()
+        line = (await asyncio.wait_for(server.stdout.readline(), 30)).decode()
         url = re.search(r"http://127\.0\.0\.1:\d+", line)
         assert url is not None, line
         headers = {"Authorization": f"Bearer {secret}"}
@@ -83,7 +81,7 @@ async def test_serve_accepts_a_created_key_and_stops_on_sigterm(in_tmp: Path) ->
                 assert response.status == 401
     finally:
         server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=30)[0]
+        output = (await asyncio.wait_for(server.communicate(), 30))[0].decode()
     assert server.returncode == 0, output
     assert "draining" in output
 
