@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 import os
 import random
 import secrets
@@ -103,12 +102,9 @@ class Worker:
         """Work until `stop()`; with ``burst``, until the queue has nothing ready, then return."""
         self.state = WorkerState.RUNNING
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.id}")
-        reconciled_at = -math.inf
+        reconciler = asyncio.create_task(self._reconcile_forever(), name=f"reconcile-{self.id}")
         try:
             while not self._stopping.is_set():
-                if time.monotonic() - reconciled_at >= self.reconcile_interval_s:
-                    await self._reconcile()
-                    reconciled_at = time.monotonic()
                 free = self.concurrency - len(self._active)
                 if free <= 0:
                     await self._sleep(self.poll_interval_s)
@@ -124,7 +120,8 @@ class Worker:
             await self._drain()
         finally:
             heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            reconciler.cancel()
+            await asyncio.gather(heartbeat, reconciler, return_exceptions=True)
             self.state = WorkerState.STOPPED
 
     def stop(self) -> None:
@@ -164,14 +161,29 @@ class Worker:
         self.completed += 1
         self._wake.set()
 
-    async def _reconcile(self) -> None:
-        """Re-enqueue runs the store says are waiting but the queue does not hold (a lost put)."""
+    async def _reconcile_forever(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception:  # the next round tries again; leasing goes on meanwhile
+                log.exception("reconciling the store with the queue failed")
+            await asyncio.sleep(self.reconcile_interval_s)
+
+    async def reconcile(self, *, limit: int = 10_000) -> int:
+        """Re-enqueue runs the store says are waiting but the queue does not hold (a lost put).
+
+        Two reads find them; only missing runs cost a write. Returns how many were re-enqueued.
+        """
         runs = await self.store.list_runs(
-            statuses=frozenset({RunStatus.QUEUED, RunStatus.RUNNING}), limit=10_000
+            statuses=frozenset({RunStatus.QUEUED, RunStatus.RUNNING}), limit=limit
         )
+        present = await self.queue.present([run.id for run in runs])
+        restored = 0
         for run in runs:
-            if await self.queue.put(run.id):
+            if run.id not in present and await self.queue.put(run.id):
                 log.warning("re-enqueued run %s, which the queue had lost", run.id)
+                restored += 1
+        return restored
 
     async def _heartbeat(self) -> None:
         """Extend the leases of running runs and notice cancellations made elsewhere."""

@@ -59,6 +59,14 @@ async def test_put_is_idempotent_while_the_job_exists(queue: SQLiteQueue) -> Non
     assert await queue.put("run_1")  # a new job once the old one is gone
 
 
+async def test_present_tells_which_runs_have_a_job(queue: SQLiteQueue) -> None:
+    ids = [f"run-{i}" for i in range(1200)]  # more than one SQL batch
+    for run_id in ids[::2]:
+        await queue.put(run_id)
+    assert await queue.present(ids) == set(ids[::2])
+    assert await queue.present([]) == set()
+
+
 async def test_get_leases_in_order_of_availability(queue: SQLiteQueue, clock: FakeClock) -> None:
     await queue.put("late", delay_s=5)
     await queue.put("early")

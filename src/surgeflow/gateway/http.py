@@ -121,7 +121,9 @@ async def send_bytes(
     body: bytes,
     headers: list[tuple[bytes, bytes]] = JSON_HEADERS,
 ) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    # A length lets the server send one plain body instead of chunked framing.
+    length = (b"content-length", str(len(body)).encode())
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, length]})
     await send({"type": "http.response.body", "body": body})
 
 

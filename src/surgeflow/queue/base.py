@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
@@ -63,6 +64,10 @@ class Queue(Protocol):
 
     async def bury(self, job: Job, worker_id: str, *, error: str) -> None:
         """Move the job to the dead state."""
+        ...
+
+    async def present(self, run_ids: Sequence[str]) -> set[str]:
+        """Those of ``run_ids`` that have a job (ready, leased or dead); a read, not a write."""
         ...
 
     async def stats(self) -> QueueStats: ...

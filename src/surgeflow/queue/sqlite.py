@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from surgeflow._sqlite import Schema, SQLiteBacked, SQLiteDatabase
@@ -180,6 +181,20 @@ class SQLiteQueue(SQLiteBacked):
             f" last_error = ? WHERE {_OWNED}",
             (error, *_owned(job, worker_id)),
         )
+
+    async def present(self, run_ids: Sequence[str]) -> set[str]:
+        """Those of ``run_ids`` that have a job (ready, leased or dead)."""
+        ids = list(run_ids)
+
+        def select(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+                batch = ids[start : start + 500]
+                sql = f"SELECT run_id FROM jobs WHERE run_id IN ({', '.join('?' * len(batch))})"
+                found.update(row[0] for row in conn.execute(sql, batch))
+            return found
+
+        return await self._read(select) if ids else set()
 
     async def stats(self) -> QueueStats:
         """Counts by state; a ready job's age is counted from when it became available."""
