@@ -22,7 +22,7 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_key(name: str) -> tuple[str, ApiKey]:
+def new_key(name: str, *, admin: bool = False) -> tuple[str, ApiKey]:
     """A fresh secret and the record to store (which holds only its digest)."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     record = ApiKey(
@@ -30,22 +30,35 @@ def new_key(name: str) -> tuple[str, ApiKey]:
         name=name,
         hash=hash_secret(secret),
         created_at=time.time(),
+        admin=admin,
     )
     return secret, record
+
+
+def _bootstrap_ids(secrets_: Iterable[str], prefix: str) -> dict[str, str]:
+    digests = (hash_secret(s.strip()) for s in secrets_ if s.strip())
+    return {digest: f"{prefix}-{digest[:8]}" for digest in digests}
 
 
 class KeyRing:
     """The keys a gateway accepts: stored ones (reloaded every ``refresh_s``) and bootstrap ones."""
 
-    def __init__(self, store: Store, *, bootstrap: Iterable[str] = (), refresh_s: float = 5.0):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        bootstrap: Iterable[str] = (),
+        bootstrap_admin: Iterable[str] = (),
+        refresh_s: float = 5.0,
+    ) -> None:
         self._store = store
         self._refresh_s = refresh_s
-        self._bootstrap = {
-            hash_secret(secret): f"env-{hash_secret(secret)[:8]}"
-            for secret in (s.strip() for s in bootstrap)
-            if secret
-        }
+        self._bootstrap = _bootstrap_ids(bootstrap, "env")
+        admin = _bootstrap_ids(bootstrap_admin, "env-admin")
+        self._bootstrap.update(admin)
+        self._admin_bootstrap = set(admin.values())
         self._by_hash: dict[str, str] = dict(self._bootstrap)
+        self._admins: set[str] = set(self._admin_bootstrap)
         self._refresher: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -58,11 +71,15 @@ class KeyRing:
         """The key id for a presented secret, or ``None``."""
         return self._by_hash.get(hash_secret(secret))
 
+    def is_admin(self, key_id: str) -> bool:
+        return key_id in self._admins
+
     async def refresh(self) -> None:
-        keys = await self._store.list_api_keys()
+        keys = [key for key in await self._store.list_api_keys() if key.revoked_at is None]
         by_hash = dict(self._bootstrap)
-        by_hash.update({key.hash: key.id for key in keys if key.revoked_at is None})
+        by_hash.update({key.hash: key.id for key in keys})
         self._by_hash = by_hash
+        self._admins = self._admin_bootstrap | {key.id for key in keys if key.admin}
 
     async def start(self) -> None:
         await self.refresh()

@@ -1,4 +1,4 @@
-"""The ``surgeflow`` command line: serve, worker, demo, keys."""
+"""The ``surgeflow`` command line: serve, worker, demo, mock-llm, keys."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -134,9 +134,64 @@ def demo(
     )
 
 
+@app.command("mock-llm")
+def mock_llm(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 9000,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Name /v1/models lists (repeat for several; default: mock)."),
+    ] = None,
+    ttft_ms: Annotated[float, typer.Option(help="Mean time to first token.")] = 50.0,
+    tokens_per_s: Annotated[float, typer.Option(help="Token rate (0: instant).")] = 200.0,
+    latency: Annotated[
+        Literal["lognormal", "exponential", "constant"],
+        typer.Option(help="How time to first token is drawn."),
+    ] = "constant",
+    jitter: Annotated[float, typer.Option(help="Sigma of the lognormal latency.")] = 0.5,
+    error_rate: Annotated[float, typer.Option(help="Probability of a 500.")] = 0.0,
+    rate_429: Annotated[float, typer.Option(help="Probability of a 429.")] = 0.0,
+    retry_after_s: Annotated[float, typer.Option(help="Retry-After sent with 429s.")] = 1.0,
+    hang_rate: Annotated[float, typer.Option(help="Probability of never answering.")] = 0.0,
+    slow_factor: Annotated[float, typer.Option(help="Multiplies every latency.")] = 1.0,
+    rate_limit_rps: Annotated[
+        float | None, typer.Option(help="Answer 429 above this many requests per second.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds failures and latency draws.")] = 0,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require 'Authorization: Bearer <key>' on /v1 routes.")
+    ] = None,
+) -> None:
+    """Serve a simulated OpenAI-compatible model, with knobs for failures (see /admin/config)."""
+    from surgeflow.mockllm import MockLLM, serve_forever
+    from surgeflow.models.simulated import SimulatedBackend
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s %(message)s")
+
+    async def main() -> None:
+        backend = SimulatedBackend(
+            "mock",
+            ttft_ms=ttft_ms,
+            tokens_per_s=tokens_per_s,
+            latency=latency,
+            jitter=jitter,
+            error_rate=error_rate,
+            rate_429=rate_429,
+            retry_after_s=retry_after_s,
+            hang_rate=hang_rate,
+            slow_factor=slow_factor,
+            rate_limit_rps=rate_limit_rps,
+            seed=seed,
+        )
+        await serve_forever(MockLLM(backend, models=model or ["mock"], api_key=api_key), host, port)
+
+    _run(main())
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who the key is for.")] = "default",
+    admin: Annotated[bool, typer.Option(help="May also call the /v1/admin routes.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Create an API key; the secret is printed once and only its digest is stored."""
@@ -144,7 +199,7 @@ def keys_create(
 
     async def main() -> None:
         async with _store(settings) as store:
-            secret, record = new_key(name)
+            secret, record = new_key(name, admin=admin)
             await store.add_api_key(record)
         console.print(f"created key [bold]{record.id}[/bold] ({name}); keep this secret:")
         print(secret)
@@ -160,18 +215,14 @@ def keys_list(config: ConfigOption = None) -> None:
     async def main() -> None:
         async with _store(settings) as store:
             keys = await store.list_api_keys()
-        table = Table("id", "name", "created", "revoked")
+        table = Table("id", "name", "admin", "created", "revoked")
         for key in keys:
-            revoked = (
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(key.revoked_at))
-                if key.revoked_at
-                else ""
-            )
             table.add_row(
                 key.id,
                 key.name,
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(key.created_at)),
-                revoked,
+                "yes" if key.admin else "",
+                _when(key.created_at),
+                _when(key.revoked_at) if key.revoked_at else "",
             )
         console.print(table)
 
@@ -195,6 +246,10 @@ def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
 def version() -> None:
     """Print the version."""
     print(__version__)
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
 def _store(settings: Settings) -> Any:

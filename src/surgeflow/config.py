@@ -40,7 +40,12 @@ class SimulatedSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class EndpointSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """One endpoint of a model: an OpenAI-compatible ``url`` or a ``simulated`` one."""
+    """One endpoint of a model: an OpenAI-compatible ``url`` or a ``simulated`` one, and its limits.
+
+    ``max_concurrency`` requests run at once; up to ``max_queue`` more wait for a slot, each at
+    most ``queue_timeout_s``, and any beyond fail at once. ``requests_per_min`` and
+    ``tokens_per_min`` are the endpoint's own budgets (an API key's quota, say).
+    """
 
     url: str | None = None
     simulated: SimulatedSettings | None = None
@@ -48,16 +53,77 @@ class EndpointSettings(msgspec.Struct, forbid_unknown_fields=True):
     api_key_env: str | None = None
     weight: PositiveInt = 1
     max_concurrency: PositiveInt = 256
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 256
+    queue_timeout_s: Positive = 5.0
+    requests_per_min: Positive | None = None
+    tokens_per_min: Positive | None = None
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.simulated is None):
             raise ValueError("an endpoint needs exactly one of 'url' or 'simulated'")
 
 
+class RetrySettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Retries on another endpoint, bounded by a budget so an outage cannot become a storm.
+
+    Retries may add at most ``budget_ratio`` of the live request rate, plus ``min_per_s`` retries
+    a second so that a quiet model can still retry.
+    """
+
+    attempts: PositiveInt = 3  # in all, the first included
+    backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 0.025
+    max_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    budget_ratio: Annotated[float, msgspec.Meta(ge=0)] = 0.2
+    min_per_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    attempt_timeout_s: Positive | None = None  # None: the request's whole deadline
+
+
+class HedgeSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """A second request after ``after_s`` (None: the model's recent p95); the first answer wins."""
+
+    enabled: bool = False
+    after_s: Positive | None = None
+    min_after_s: Positive = 0.01
+
+
+class BreakerSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Passive health: eject an endpoint that fails, probe it before trusting it again."""
+
+    consecutive_failures: PositiveInt = 5
+    failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    min_requests: PositiveInt = 20  # in the window, before the ratio counts
+    window_s: Positive = 10.0
+    base_ejection_s: Positive = 5.0  # doubled on each repeat ejection
+    max_ejection_s: Positive = 120.0
+    max_ejected_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 50.0
+    half_open_requests: PositiveInt = 1  # trial requests let through after an ejection
+    panic_threshold_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 50.0
+
+
+class ActiveCheckSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Active health checks: ask each endpoint on an interval whether it is up."""
+
+    enabled: bool = False
+    interval_s: Positive = 10.0
+    timeout_s: Positive = 2.0
+
+
 class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     endpoints: list[EndpointSettings]
-    policy: str = "round_robin"
+    policy: Literal[
+        "round_robin",
+        "weighted_round_robin",
+        "least_connections",
+        "consistent_hash",
+        "random",
+        "p2c_ewma",
+    ] = "p2c_ewma"
+    hash_on: Literal["ip", "key", "user", "prompt"] = "key"  # for consistent_hash
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    hedge: HedgeSettings = msgspec.field(default_factory=HedgeSettings)
+    health: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
+    active_checks: ActiveCheckSettings = msgspec.field(default_factory=ActiveCheckSettings)
     fallbacks: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,8 @@
     │   ├── UpstreamError        the endpoint answered with an error status
     │   │   └── RateLimited      the endpoint answered 429 (carries retry_after_s)
     │   ├── UpstreamTimeout      the endpoint did not answer in time
-    │   └── UpstreamUnavailable  the endpoint could not be reached
+    │   ├── UpstreamUnavailable  the endpoint could not be reached
+    │   └── Overloaded           no endpoint can take the call now (carries retry_after_s)
     ├── StepError                a workflow step failed after its retries
     ├── StoreError               the run store failed
     └── QueueError               the queue failed
@@ -72,6 +73,14 @@ class UpstreamTimeout(ModelError):
 
 class UpstreamUnavailable(ModelError):
     """A model endpoint could not be reached."""
+
+
+class Overloaded(ModelError):
+    """No endpoint can take the call now: all are at their limits, cooling down or ejected."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class StepError(SurgeflowError):

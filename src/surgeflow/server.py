@@ -1,4 +1,4 @@
-"""Run the gateway on uvicorn (uvloop + httptools) next to an open service."""
+"""Run the gateway (or any ASGI app) on uvicorn (uvloop + httptools) next to an open service."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -22,9 +23,12 @@ class _Server(uvicorn.Server):
         yield  # signals belong to the caller, who drains the worker as well as the server
 
 
-def _config(service: Service, host: str, port: int) -> uvicorn.Config:
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def _config(app: ASGIApp, host: str, port: int, graceful_timeout_s: int) -> uvicorn.Config:
     return uvicorn.Config(
-        Gateway(service),
+        app,
         host=host,
         port=port,
         loop="none",  # the caller's loop (uvloop when started through `surgeflow`)
@@ -33,21 +37,28 @@ def _config(service: Service, host: str, port: int) -> uvicorn.Config:
         access_log=False,  # one line per request through logging costs more than the request
         log_level="warning",
         server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=graceful_timeout_s,
     )
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(
-    service: Service, host: str = "127.0.0.1", port: int = 0
+async def running_app(
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    graceful_timeout_s: int = 10,
 ) -> AsyncIterator[str]:
-    """Serve ``service`` in the background; yields its base URL (``port=0`` picks a free port)."""
-    server = _Server(_config(service, host, port))
-    task = asyncio.create_task(server.serve(), name="gateway")
+    """Serve ``app`` in the background; yields its base URL (``port=0`` picks a free port).
+
+    On exit it stops accepting, then waits up to ``graceful_timeout_s`` for requests under way.
+    """
+    server = _Server(_config(app, host, port, graceful_timeout_s))
+    task = asyncio.create_task(server.serve(), name=type(app).__name__)
     while not server.started:
         if task.done():
             task.result()  # raises why it could not start (port in use …)
-            raise RuntimeError("the gateway stopped before it started")
+            raise RuntimeError(f"{type(app).__name__} stopped before it started")
         await asyncio.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()
     try:
@@ -55,6 +66,15 @@ async def running_gateway(
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    service: Service, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve ``service`` in the background; yields its base URL (``port=0`` picks a free port)."""
+    async with running_app(Gateway(service), host, port) as url:
+        yield url
 
 
 async def serve_forever(service: Service, host: str, port: int) -> None:

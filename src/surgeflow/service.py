@@ -50,6 +50,7 @@ class Service:
         workflows: Mapping[str, Workflow] | None = None,
         embedded_worker: bool | None = None,
         api_keys: Iterable[str] | None = None,
+        admin_keys: Iterable[str] | None = None,
     ) -> None:
         self.settings = settings = settings or Settings()
         if store is None or queue is None:
@@ -64,7 +65,14 @@ class Service:
         self.hub = EventHub()
         if api_keys is None:  # keys to accept without a stored record, e.g. for a first deploy
             api_keys = os.environ.get("SURGEFLOW_API_KEYS", "").split(",")
-        self.keys = KeyRing(store, bootstrap=api_keys, refresh_s=settings.auth.key_refresh_s)
+        if admin_keys is None:
+            admin_keys = os.environ.get("SURGEFLOW_ADMIN_KEYS", "").split(",")
+        self.keys = KeyRing(
+            store,
+            bootstrap=api_keys,
+            bootstrap_admin=admin_keys,
+            refresh_s=settings.auth.key_refresh_s,
+        )
         run_worker = settings.worker.embedded if embedded_worker is None else embedded_worker
         self.worker: Worker | None = self.new_worker() if run_worker else None
         self._worker_task: asyncio.Task[None] | None = None
@@ -112,6 +120,7 @@ class Service:
         await _open(self.store)
         await _open(self.queue)
         await self.keys.start()
+        self.models.start()
         if not self.settings.auth.enabled:
             log.warning("authentication is OFF (auth.enabled: false): anyone can call this gateway")
         elif len(self.keys) == 0:
@@ -249,7 +258,7 @@ def build_model_client(settings: Settings) -> ModelClient:
         model.name: [build_backend(model.name, i, ep) for i, ep in enumerate(model.endpoints)]
         for model in settings.models
     }
-    return ModelClient(routes)
+    return ModelClient(routes, settings={model.name: model for model in settings.models})
 
 
 def load_workflows(settings: Settings) -> dict[str, Workflow]:

@@ -126,6 +126,10 @@ async def test_cancel_a_running_run(http: aiohttp.ClientSession, service: Servic
     async with http.get(f"/v1/runs/{run['id']}/events") as resp:
         assert (await read_events(resp))[-1]["type"] == "run.cancelled"
     assert service.worker is not None
+    for _ in range(100):  # the job is acked just after the terminal event is written
+        if not service.worker.active_runs:
+            break
+        await asyncio.sleep(0.01)
     assert service.worker.active_runs == []
 
 

@@ -33,6 +33,8 @@ from surgeflow.models import (
     SimulatedBackend,
 )
 
+from surgeflow.routing import NO_KEY
+
 from .conftest import FakeUpstream, collect
 
 
@@ -87,7 +89,8 @@ def test_pick_never_favours_an_endpoint_by_more_than_one(endpoints: int, calls: 
     backends = [instant(f"sim-{i}") for i in range(endpoints)]
     client = ModelClient({"chat": backends})
 
-    picked = Counter(client._pick("chat").name for _ in range(calls))
+    router = client.routers["chat"]
+    picked = Counter(router.choose(NO_KEY, 0).name for _ in range(calls))
 
     counts = [picked[backend.name] for backend in backends]
     assert max(counts) - min(counts) <= 1
@@ -142,18 +145,18 @@ async def test_client_errors_are_not_retried() -> None:
     assert healthy.calls == 0
 
 
-async def test_only_one_retry_and_only_with_a_second_endpoint() -> None:
+async def test_retries_are_bounded_and_prefer_endpoints_not_yet_tried() -> None:
     lone = ScriptedBackend("lone", UpstreamUnavailable("gone"))
-    both = [ScriptedBackend(f"b{i}", UpstreamError("down", status=500)) for i in range(3)]
-    client = ModelClient({"lone": [lone], "both": both})
+    three = [ScriptedBackend(f"b{i}", UpstreamError("down", status=500)) for i in range(3)]
+    client = ModelClient({"lone": [lone], "three": three})
 
     with pytest.raises(UpstreamUnavailable):
         await client.chat(request("lone"))
     with pytest.raises(UpstreamError, match="down"):
-        await client.chat(request("both"))
+        await client.chat(request("three"))
 
-    assert lone.calls == 1
-    assert sum(backend.calls for backend in both) == 2
+    assert lone.calls == 3  # three attempts in all: with one endpoint, the same one again
+    assert [backend.calls for backend in three] == [1, 1, 1]  # each endpoint once
 
 
 async def test_spent_time_budget_is_not_retried() -> None:
@@ -204,7 +207,8 @@ def test_models_and_repr() -> None:
     client = ModelClient({"chat": [shared, instant("a")], "code": [shared, instant("b")]})
 
     assert client.models() == ["chat", "code"]
-    assert repr(client) == "<ModelClient models=2 endpoints=3>"
+    # A backend shared by two models is routed (health, limits, latency) separately for each.
+    assert repr(client) == "<ModelClient models=2 endpoints=4>"
 
 
 def test_a_model_without_endpoints_is_a_config_error() -> None:

@@ -1,4 +1,4 @@
-"""SimulatedBackend: deterministic replies, the latency model, injected errors and rate limits."""
+"""SimulatedBackend: deterministic replies, the latency model, injected failures, run-time knobs."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from surgeflow.errors import (
     UpstreamUnavailable,
 )
 from surgeflow.models import ChatChunk, ChatRequest, Message, ModelBackend, SimulatedBackend
-from surgeflow.models.simulated import compose_reply, count_tokens
+from surgeflow.models.simulated import Knobs, compose_reply, count_tokens
+
+from .conftest import collect
 
 
 def request(
@@ -270,6 +272,10 @@ async def test_closed_backend_refuses_calls() -> None:
         {"error_rate": 1.5},
         {"rate_limit_rps": 0},
         {"jitter": -0.1},
+        {"rate_429": 1.5},
+        {"hang_rate": -0.1},
+        {"retry_after_s": -1},
+        {"slow_factor": 0},
     ],
 )
 def test_bad_options_are_config_errors(options: dict[str, Any]) -> None:
@@ -293,3 +299,160 @@ def test_reply_restates_the_material_closest_to_the_question() -> None:
     assert "Shipping" not in text.split("Refunds")[0]  # the closer passage comes first
     assert "You answer" not in text  # instructions are not material
     assert 10 <= len(words) <= 40
+
+
+async def test_knobs_left_at_zero_draw_nothing() -> None:
+    # So the new knobs do not shift the draws, and with them the runs, of existing setups.
+    backend = instant(rate_429=0.0, hang_rate=0.0, error_rate=0.0)
+    state = backend._random.getstate()
+
+    await backend.chat(request())
+    _ = [chunk async for chunk in backend.stream(request())]
+
+    assert backend._random.getstate() == state
+
+
+async def test_rate_429_is_seeded_and_says_when_to_retry() -> None:
+    async def outcomes(seed: int) -> list[float | None]:
+        backend = instant(rate_429=0.4, retry_after_s=2.5, seed=seed)
+        seen: list[float | None] = []
+        for _ in range(100):
+            try:
+                await backend.chat(request())
+            except RateLimited as exc:
+                seen.append(exc.retry_after_s)
+            else:
+                seen.append(None)
+        assert backend.rate_limited == 100 - seen.count(None)
+        assert backend.calls == seen.count(None)  # a 429 is refused, not served
+        return seen
+
+    first = await outcomes(5)
+
+    assert first == await outcomes(5)
+    assert first != await outcomes(6)
+    assert set(first) == {None, 2.5}
+    assert 25 < first.count(2.5) < 55
+
+
+async def test_slow_factor_multiplies_every_latency(sleeps: list[float]) -> None:
+    backend = SimulatedBackend("sim", ttft_ms=20, tokens_per_s=500, reply_tokens=(10, 10))
+
+    await backend.chat(request())
+    backend.configure(slow_factor=5)
+    await backend.chat(request())
+    await backend.chat(request(), timeout_s=10)
+
+    assert sleeps == [pytest.approx(0.04), pytest.approx(0.2), pytest.approx(0.2)]
+
+
+async def test_slow_factor_slows_streams() -> None:
+    backend = SimulatedBackend("sim", ttft_ms=10, tokens_per_s=1000, reply_tokens=(20, 20))
+    backend.configure(slow_factor=4)
+    started = time.perf_counter()
+
+    chunks = [chunk async for chunk in backend.stream(request())]
+
+    assert len(chunks) == 22
+    assert 0.115 <= time.perf_counter() - started < 0.6  # 4 x (0.01 + 20 / 1000) = 0.12 s
+
+
+async def test_a_hung_chat_waits_until_cancelled() -> None:
+    backend = instant(hang_rate=1.0)
+    task = asyncio.create_task(backend.chat(request()))
+    await asyncio.sleep(0.05)
+
+    assert not task.done()
+    assert backend.inflight == 1
+    assert backend.hangs_injected == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.inflight == 0
+
+
+async def test_a_hung_call_still_honours_its_timeout() -> None:
+    backend = instant(hang_rate=1.0)
+    started = time.perf_counter()
+
+    with pytest.raises(UpstreamTimeout):
+        await backend.chat(request(), timeout_s=0.05)
+    with pytest.raises(UpstreamTimeout):
+        _ = [chunk async for chunk in backend.stream(request(), timeout_s=0.05)]
+
+    assert time.perf_counter() - started < 0.5
+    assert backend.inflight == 0
+
+
+async def test_hung_streams_stop_before_the_first_chunk_or_midway() -> None:
+    backend = instant(hang_rate=1.0, seed=3)
+    received: list[list[ChatChunk]] = [[] for _ in range(40)]
+
+    async def one(into: list[ChatChunk]) -> None:
+        with pytest.raises(UpstreamTimeout):
+            await collect(backend.stream(request(), timeout_s=0.05), into)
+
+    await asyncio.gather(*(one(into) for into in received))
+
+    before_first = sum(1 for chunks in received if not chunks)
+    assert 10 <= before_first <= 30  # about half
+    for chunks in received:
+        assert all(c.choices[0].finish_reason is None for c in chunks)  # never finished
+        if chunks:
+            assert chunks[0].choices[0].delta.role == "assistant"
+    assert backend.hangs_injected == 40
+    assert backend.inflight == 0
+
+
+async def test_configure_changes_behaviour_at_run_time() -> None:
+    backend = instant()
+    await backend.chat(request())
+
+    knobs = backend.configure(error_rate=1.0)
+    assert isinstance(knobs, Knobs)
+    assert knobs.error_rate == 1.0
+    assert backend.knobs == knobs
+    with pytest.raises(UpstreamError):
+        await backend.chat(request())
+    assert backend.errors_injected == 1
+
+    backend.configure(error_rate=0.0, reply_tokens=[5, 5])  # a JSON list is fine
+    assert len((await backend.chat(request())).text.split()) == 5
+
+
+async def test_configure_sets_and_lifts_the_rate_limit() -> None:
+    backend = instant()
+    backend.configure(rate_limit_rps=2)
+    await backend.chat(request())
+    await backend.chat(request())
+    with pytest.raises(RateLimited):
+        await backend.chat(request())
+
+    backend.configure(rate_limit_rps=None)
+    for _ in range(10):
+        await backend.chat(request())
+
+
+@pytest.mark.parametrize(
+    ("knobs", "says"),
+    [
+        ({"bogus": 1}, "unknown knob 'bogus'; the knobs are error_rate, hang_rate"),
+        ({"seed": 1}, "unknown knob 'seed'"),
+        ({"error_rate": 0.1, "hang_rate": 2}, "Expected `float` <= 1.0 - at `$.hang_rate`"),
+        ({"slow_factor": 0}, "slow_factor"),
+        ({"latency": "gaussian"}, "latency"),
+        ({"ttft_ms": "fast"}, "Expected `float`, got `str` - at `$.ttft_ms`"),
+        ({"error_rate": True}, "error_rate"),
+        ({"reply_tokens": (9, 3)}, "reply_tokens"),
+    ],
+)
+def test_configure_refuses_bad_knobs_and_changes_none(knobs: dict[str, Any], says: str) -> None:
+    backend = instant()
+    before = backend.knobs
+
+    with pytest.raises(ConfigError) as caught:
+        backend.configure(**knobs)
+
+    assert says in str(caught.value)
+    assert str(caught.value).startswith("sim: ")
+    assert backend.knobs == before

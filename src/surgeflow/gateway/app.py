@@ -46,6 +46,7 @@ class Gateway:
             ("POST", "/v1/chat/completions"): chat.completions,
             ("GET", "/v1/models"): chat.models,
             ("GET", "/v1/workflows"): runs.list_workflows,
+            ("GET", "/v1/admin/endpoints"): _admin_endpoints,
         }
         self._public: dict[tuple[str, str], Handler] = {
             ("GET", "/healthz"): _healthz,
@@ -160,6 +161,16 @@ class _ResponseTracker:
     async def __call__(self, message: Message) -> None:
         self.started = True
         await self._send(message)
+
+
+async def _admin_endpoints(service: Service, request: Request, send: Send) -> None:
+    if service.settings.auth.enabled and not service.keys.is_admin(request.key_id or ""):
+        raise HTTPError(
+            403,
+            "permission_error",
+            "this route needs an admin key (`surgeflow keys create --admin`)",
+        )
+    await send_json(send, 200, {"object": "list", "data": service.models.snapshot()})
 
 
 async def _healthz(service: Service, request: Request, send: Send) -> None:

@@ -8,14 +8,24 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from surgeflow import errors
-from surgeflow.gateway.http import SSE_HEADERS, Request, Send, http_error, send_bytes, send_error
+from surgeflow.gateway.http import (
+    SSE_HEADERS,
+    Request,
+    Send,
+    cancelled_on_disconnect,
+    http_error,
+    send_bytes,
+    send_error,
+)
 from surgeflow.models.types import ChatRequest, ModelInfo, ModelList
+from surgeflow.routing.base import RouteKey
 
 if TYPE_CHECKING:
     from surgeflow.service import Service
 
 _encode = msgspec.json.encode
 _DONE = b"data: [DONE]\n\n"
+_PREFIX_CHARS = 256
 
 
 async def completions(service: Service, request: Request, send: Send) -> None:
@@ -25,17 +35,33 @@ async def completions(service: Service, request: Request, send: Send) -> None:
     if not chat_request.messages:
         raise errors.ValidationError("'messages' must hold at least one message")
     timeout_s = service.settings.server.upstream_timeout_s
+    key = _route_key(request, chat_request)
     if not chat_request.stream:
-        response = await service.models.chat(chat_request, timeout_s=timeout_s)
+        async with cancelled_on_disconnect(request):
+            response = await service.models.chat(chat_request, key=key, timeout_s=timeout_s)
         await send_bytes(send, 200, _encode(response))
         return
-    await _stream(service, chat_request, send, timeout_s)
+    async with cancelled_on_disconnect(request):
+        await _stream(service, chat_request, key, send, timeout_s)
+
+
+def _route_key(request: Request, chat_request: ChatRequest) -> RouteKey:
+    """What hash-based routing may key on: client, API key, user, and the prompt's start."""
+    client = request.scope.get("client")
+    first = chat_request.messages[0].content
+    return RouteKey(
+        client_ip=client[0] if client else None,
+        key_id=request.key_id,
+        user=chat_request.user,
+        # The shared start of a conversation is what a replica's KV cache can reuse.
+        prompt_prefix=first[:_PREFIX_CHARS] if isinstance(first, str) else None,
+    )
 
 
 async def _stream(
-    service: Service, chat_request: ChatRequest, send: Send, timeout_s: float
+    service: Service, chat_request: ChatRequest, key: RouteKey, send: Send, timeout_s: float
 ) -> None:
-    chunks = service.models.stream(chat_request, timeout_s=timeout_s)
+    chunks = service.models.stream(chat_request, key=key, timeout_s=timeout_s)
     started = False
     try:
         async for chunk in chunks:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
@@ -109,6 +112,39 @@ class ClientGone(Exception):
     """The client closed the connection before the answer was sent."""
 
 
+@contextlib.asynccontextmanager
+async def cancelled_on_disconnect(request: Request) -> AsyncIterator[None]:
+    """Cancel the work in the block if the client goes away, and raise `ClientGone` instead.
+
+    Call it after the body was read: the watcher's ``receive`` then returns only on disconnect.
+    Cancelling frees what the work holds (an endpoint slot, an upstream connection) at once.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if gone:
+            task.uncancel()
+            raise ClientGone from None
+        raise
+    finally:
+        watcher.cancel()
+    if gone:  # the work finished just as the client left: nothing to cancel any more
+        task.uncancel()
+        raise ClientGone
+
+
 def _too_large(max_bytes: int) -> HTTPError:
     return HTTPError(
         413, "request_too_large", f"the request body exceeds the limit of {max_bytes} bytes"
@@ -142,6 +178,11 @@ def http_error(exc: errors.SurgeflowError) -> HTTPError:
         if exc.retry_after_s is not None:
             headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
         return HTTPError(429, "rate_limited", str(exc), headers=headers)
+    if isinstance(exc, errors.Overloaded):
+        headers = []
+        if exc.retry_after_s is not None:
+            headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
+        return HTTPError(503, "overloaded", str(exc), headers=headers)
     if isinstance(exc, errors.UpstreamError):
         return HTTPError(502, "upstream_error", str(exc))
     if isinstance(exc, errors.UpstreamTimeout):

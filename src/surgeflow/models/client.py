@@ -1,58 +1,70 @@
-"""ModelClient: resolve a model name to its endpoints and call one, failing over once."""
+"""ModelClient: call a model by name; its router picks the endpoint, then fallback models."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import msgspec
 
-from surgeflow.errors import (
-    ConfigError,
-    Conflict,
-    ModelError,
-    NotFound,
-    RateLimited,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    ValidationError,
-)
+from surgeflow.config import EndpointSettings, ModelSettings
+from surgeflow.errors import ConfigError, Conflict, ModelError, NotFound, ValidationError
 from surgeflow.models.base import ModelBackend
 from surgeflow.models.types import ChatChunk, ChatRequest, ChatResponse, Message
-
-
-def _retryable(exc: ModelError) -> bool:
-    """Worth another endpoint: it failed for reasons of its own, not because of the request."""
-    if isinstance(exc, RateLimited | UpstreamTimeout | UpstreamUnavailable):
-        return True
-    return isinstance(exc, UpstreamError) and exc.status >= 500
+from surgeflow.routing.base import NO_KEY, RouteKey
+from surgeflow.routing.endpoint import Endpoint
+from surgeflow.routing.health import ActiveChecker
+from surgeflow.routing.policies import make_policy
+from surgeflow.routing.router import ModelRouter, retryable
 
 
 class ModelClient:
-    """Calls a model by name on one of its endpoints, round-robin.
+    """Calls models by name.
 
-    A call that fails with a 5xx, a timeout, an unreachable endpoint or a 429 is tried once more on
-    another endpoint of the same model, if it has one; a stream is retried only before its first
-    chunk. ``timeout_s`` bounds the whole call, retry included.
+    Each model has a `ModelRouter` that balances its endpoints, enforces their limits, ejects
+    failing ones and retries within a budget; when a model cannot answer, its ``fallbacks`` are
+    tried in order. ``timeout_s`` is the deadline of the whole call, retries and fallbacks included.
     """
 
-    def __init__(self, routes: Mapping[str, Sequence[ModelBackend]]) -> None:
-        for model, endpoints in routes.items():
-            if not endpoints:
+    def __init__(
+        self,
+        routes: Mapping[str, Sequence[ModelBackend]],
+        *,
+        settings: Mapping[str, ModelSettings] | None = None,
+        policy_seed: int | None = None,
+    ) -> None:
+        self._routers: dict[str, ModelRouter] = {}
+        self._checkers: list[ActiveChecker] = []
+        for model, backends in routes.items():
+            if not backends:
                 raise ConfigError(f"model {model!r} has no endpoints")
-        self._routes = {model: tuple(endpoints) for model, endpoints in routes.items()}
-        self._turns = {model: itertools.count() for model in self._routes}
+            model_settings = (settings or {}).get(model) or _default_settings(model, backends)
+            endpoints = [
+                Endpoint(backend, weight=ep.weight)
+                for backend, ep in zip(backends, model_settings.endpoints, strict=True)
+            ]
+            policy = make_policy(
+                model_settings.policy, hash_on=model_settings.hash_on, seed=policy_seed
+            )
+            self._routers[model] = ModelRouter(model_settings, endpoints, policy)
+            if model_settings.active_checks.enabled:
+                self._checkers.append(ActiveChecker(endpoints, model_settings.active_checks))
+        for router in self._routers.values():
+            for fallback in router.settings.fallbacks:
+                if fallback not in self._routers:
+                    raise ConfigError(f"model {router.name!r} falls back to unknown {fallback!r}")
         self._closed = False
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
-        return f"<ModelClient models={len(self._routes)} endpoints={len(self._backends())}{state}>"
+        endpoints = sum(len(r.endpoints) for r in self._routers.values())
+        return f"<ModelClient models={len(self._routers)} endpoints={endpoints}{state}>"
 
     async def __aenter__(self) -> Self:
+        self.start()
         return self
 
     async def __aexit__(
@@ -63,51 +75,72 @@ class ModelClient:
     ) -> None:
         await self.aclose()
 
+    def start(self) -> None:
+        """Start the active health checks (a no-op for models without them)."""
+        for checker in self._checkers:
+            checker.start()
+
+    @property
+    def routers(self) -> Mapping[str, ModelRouter]:
+        return self._routers
+
     def models(self) -> list[str]:
         """The model names this client serves."""
-        return list(self._routes)
+        return list(self._routers)
 
-    async def chat(self, request: ChatRequest, *, timeout_s: float | None = None) -> ChatResponse:
-        """Answer ``request`` on one of its model's endpoints."""
-        backend = self._pick(request.model)
-        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
-        try:
-            return await backend.chat(request, timeout_s=timeout_s)
-        except ModelError as exc:
-            fallback = self._failover(request.model, backend, exc, deadline)
-            if fallback is None:
-                raise
-            other, remaining_s = fallback
-        return await other.chat(request, timeout_s=remaining_s)
+    def router(self, model: str) -> ModelRouter:
+        if self._closed:
+            raise Conflict("ModelClient is closed")
+        router = self._routers.get(model)
+        if router is None:
+            known = ", ".join(sorted(self._routers)) or "none"
+            raise NotFound(f"unknown model {model!r}; known models: {known}")
+        return router
+
+    async def chat(
+        self, request: ChatRequest, *, key: RouteKey = NO_KEY, timeout_s: float | None = None
+    ) -> ChatResponse:
+        """Answer ``request`` with its model, or with its fallbacks when it cannot."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        chain = self._chain(request.model)
+        for position, router in enumerate(chain):
+            routed = (
+                request if position == 0 else msgspec.structs.replace(request, model=router.name)
+            )
+            try:
+                return await router.chat(routed, key, deadline)
+            except ModelError as exc:
+                if not _falls_back(exc, position, chain, deadline):
+                    raise
+        raise AssertionError("unreachable: the last model's error is raised")
 
     async def stream(
-        self, request: ChatRequest, *, timeout_s: float | None = None
+        self, request: ChatRequest, *, key: RouteKey = NO_KEY, timeout_s: float | None = None
     ) -> AsyncIterator[ChatChunk]:
-        """Answer ``request`` as chunks from one of its model's endpoints."""
-        backend = self._pick(request.model)
-        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
-        chunks = backend.stream(request, timeout_s=timeout_s)
-        try:
+        """Answer as chunks; fallbacks are tried only before the first chunk."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        chain = self._chain(request.model)
+        for position, router in enumerate(chain):
+            routed = (
+                request if position == 0 else msgspec.structs.replace(request, model=router.name)
+            )
+            chunks = router.stream(routed, key, deadline)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
                 return
             except ModelError as exc:
-                fallback = self._failover(request.model, backend, exc, deadline)
-                if fallback is None:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                if not _falls_back(exc, position, chain, deadline):
                     raise
-                other, remaining_s = fallback
-                await _aclose(chunks)
-                chunks = other.stream(request, timeout_s=remaining_s)
-                try:
-                    first = await anext(chunks)
-                except StopAsyncIteration:
-                    return
-            yield first
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await _aclose(chunks)
+                continue
+            try:
+                yield first
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
+            return
 
     async def complete(
         self,
@@ -134,60 +167,44 @@ class ModelClient:
         response = await self.chat(request, timeout_s=timeout_s)
         return response.text
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every model's router state, for the admin API."""
+        return [router.snapshot() for router in self._routers.values()]
+
     async def aclose(self) -> None:
-        """Close every backend once, even when one of them fails to close."""
+        """Stop health checks and close every backend once, even when one fails to close."""
         if self._closed:
             return
         self._closed = True
+        for checker in self._checkers:
+            await checker.aclose()
+        unique = {id(e.backend): e.backend for r in self._routers.values() for e in r.endpoints}
         results = await asyncio.gather(
-            *(backend.aclose() for backend in self._backends()), return_exceptions=True
+            *(backend.aclose() for backend in unique.values()), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    def _backends(self) -> list[ModelBackend]:
-        """Every distinct backend; one may serve several models."""
-        unique = {id(b): b for endpoints in self._routes.values() for b in endpoints}
-        return list(unique.values())
-
-    def _pick(self, model: str, exclude: ModelBackend | None = None) -> ModelBackend:
-        """The endpoint for the next call to ``model``: not ``exclude``, unless it is the only one.
-
-        The selection policy lives here alone so a load-balancing policy can replace it.
-        """
-        if self._closed:
-            raise Conflict("ModelClient is closed")
-        endpoints = self._routes.get(model)
-        if endpoints is None:
-            known = ", ".join(sorted(self._routes)) or "none"
-            raise NotFound(f"unknown model {model!r}; known models: {known}")
-        if exclude is None:
-            return endpoints[next(self._turns[model]) % len(endpoints)]
-        # A retry takes the endpoint after the failed one and leaves the rotation of first picks
-        # alone; advancing it would hand a failing endpoint every call's first attempt.
-        at = next((i for i, b in enumerate(endpoints) if b is exclude), -1)
-        for step in range(1, len(endpoints) + 1):
-            backend = endpoints[(at + step) % len(endpoints)]
-            if backend is not exclude:
-                return backend
-        return exclude
-
-    def _failover(
-        self, model: str, failed: ModelBackend, exc: ModelError, deadline: float | None
-    ) -> tuple[ModelBackend, float | None] | None:
-        """Another endpoint and the time left for it, or None when the error should stand."""
-        if not _retryable(exc) or len(self._routes[model]) < 2:
-            return None
-        remaining_s = None
-        if deadline is not None:
-            remaining_s = deadline - asyncio.get_running_loop().time()
-            if remaining_s <= 0:
-                return None
-        other = self._pick(model, exclude=failed)
-        return None if other is failed else (other, remaining_s)
+    def _chain(self, model: str) -> list[ModelRouter]:
+        first = self.router(model)
+        chain = [first]
+        for name in first.settings.fallbacks:
+            router = self._routers[name]
+            if router not in chain:
+                chain.append(router)
+        return chain
 
 
-async def _aclose(chunks: AsyncIterator[ChatChunk]) -> None:
-    if isinstance(chunks, AsyncGenerator):
-        await chunks.aclose()
+def _falls_back(
+    exc: ModelError, position: int, chain: Sequence[ModelRouter], deadline: float | None
+) -> bool:
+    if position + 1 >= len(chain) or not retryable(exc):
+        return False
+    return deadline is None or time.monotonic() < deadline
+
+
+def _default_settings(model: str, backends: Sequence[ModelBackend]) -> ModelSettings:
+    """Settings for a model given only its backends: round robin, default limits and health."""
+    endpoints = [EndpointSettings(name=b.name, url=f"backend:{b.name}") for b in backends]
+    return ModelSettings(name=model, endpoints=endpoints, policy="round_robin")

@@ -168,6 +168,24 @@ class OpenAIHTTPBackend:
         except msgspec.DecodeError as exc:
             raise UpstreamError(f"{self.name}: malformed model list: {exc}", status=502) from exc
 
+    async def ping(self, *, timeout_s: float) -> None:
+        """Return if ``GET /models`` answers with a success status; raise as a call would.
+
+        The body is read but not parsed: a health check asks whether the server is up, and
+        servers differ in what they list.
+        """
+        session = self._open_session()
+        with self._translate_errors(timeout_s):
+            async with session.get(
+                f"{self.base_url}/models",
+                headers=self._headers,
+                timeout=self._call_timeout(timeout_s),
+            ) as response:
+                payload = await response.read()
+                status, headers = response.status, response.headers
+        if status >= 400:
+            raise self._status_error(status, payload, headers)
+
     async def aclose(self) -> None:
         """Close the pooled connections (an injected session is left to its owner)."""
         session, owned = self._session, self._owns_session

@@ -1,4 +1,4 @@
-"""A simulated model endpoint: deterministic replies, a latency model, injected errors and 429s."""
+"""A simulated model endpoint: deterministic replies, a latency model, injected failures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import msgspec
 
@@ -207,8 +207,36 @@ class _TokenBucket:
         return (1.0 - self._tokens) / self.rate_per_s
 
 
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
+Positive = Annotated[float, msgspec.Meta(gt=0.0)]
+TokenCount = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Knobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a `SimulatedBackend` behaves (see its docstring); all can change at run time."""
+
+    ttft_ms: NonNegative
+    tokens_per_s: NonNegative
+    latency: LatencyModel
+    jitter: NonNegative
+    reply_tokens: tuple[TokenCount, TokenCount]
+    error_rate: Probability
+    rate_limit_rps: Positive | None
+    rate_429: Probability
+    retry_after_s: NonNegative
+    hang_rate: Probability
+    slow_factor: Positive
+
+
+KNOB_NAMES = frozenset(Knobs.__struct_fields__)
+
+# A plan's hang_after: a chat hangs unless it is _NO_HANG; a stream hangs after that many chunks.
+_NO_HANG = -1
+
+
 class _Plan(msgspec.Struct):
-    """One call, decided before any waiting: what to answer, when, and whether to fail."""
+    """One call, decided before any waiting: what to answer, when, and whether to fail or hang."""
 
     id: str
     created: int
@@ -216,7 +244,9 @@ class _Plan(msgspec.Struct):
     finish_reason: str
     usage: Usage
     ttft_s: float
+    token_s: float
     fail: bool
+    hang_after: int
 
 
 class SimulatedBackend:
@@ -224,9 +254,13 @@ class SimulatedBackend:
 
     Replies are deterministic functions of the messages. Latency: the first token after ``ttft_ms``
     (drawn from ``latency``: constant, exponential with that mean, or lognormal with that mean and
-    sigma ``jitter``), then ``tokens_per_s``. ``ttft_ms=0`` and ``tokens_per_s=0`` (infinite) answer
-    without sleeping. Failures and latency draws come from ``random.Random`` seeded by
-    ``(name, seed)``, so a run repeats exactly and two replicas do not fail in lockstep.
+    sigma ``jitter``), then ``tokens_per_s``, all times ``slow_factor``. ``ttft_ms=0`` and
+    ``tokens_per_s=0`` (infinite) answer without sleeping. Failures, chosen per call:
+    ``error_rate`` (500), ``rate_429`` (429 with ``retry_after_s``), ``rate_limit_rps`` (429 once
+    over that rate) and ``hang_rate`` (no answer until cancelled or ``timeout_s``; half the hung
+    streams stop before their first chunk, half mid-stream). Draws come from ``random.Random``
+    seeded by ``(name, seed)``, so a run repeats exactly and two replicas do not fail in lockstep;
+    a knob left at 0 draws nothing, so adding knobs does not change existing runs.
     """
 
     def __init__(
@@ -240,54 +274,90 @@ class SimulatedBackend:
         reply_tokens: tuple[int, int] = (16, 64),
         error_rate: float = 0.0,
         rate_limit_rps: float | None = None,
+        rate_429: float = 0.0,
+        retry_after_s: float = 1.0,
+        hang_rate: float = 0.0,
+        slow_factor: float = 1.0,
         seed: int = 0,
     ) -> None:
-        if ttft_ms < 0 or tokens_per_s < 0:
-            raise ConfigError(f"{name}: ttft_ms and tokens_per_s must be >= 0")
-        if latency not in ("constant", "exponential", "lognormal"):
-            raise ConfigError(
-                f"{name}: latency must be constant, exponential or lognormal, not {latency!r}"
-            )
-        if jitter < 0:
-            raise ConfigError(f"{name}: jitter must be >= 0")
-        low, high = reply_tokens
-        if not 1 <= low <= high:
-            raise ConfigError(f"{name}: reply_tokens must be (min, max) with 1 <= min <= max")
-        if not 0.0 <= error_rate <= 1.0:
-            raise ConfigError(f"{name}: error_rate must be in [0, 1]")
-        if rate_limit_rps is not None and rate_limit_rps <= 0:
-            raise ConfigError(f"{name}: rate_limit_rps must be > 0 (or None for no limit)")
         self.name = name
-        self.ttft_ms = ttft_ms
-        self.tokens_per_s = tokens_per_s
-        self.latency = latency
-        self.jitter = jitter
-        self.reply_tokens = (low, high)
-        self.error_rate = error_rate
-        self.rate_limit_rps = rate_limit_rps
+        self.knobs = self._validate(
+            {
+                "ttft_ms": ttft_ms,
+                "tokens_per_s": tokens_per_s,
+                "latency": latency,
+                "jitter": jitter,
+                "reply_tokens": reply_tokens,
+                "error_rate": error_rate,
+                "rate_limit_rps": rate_limit_rps,
+                "rate_429": rate_429,
+                "retry_after_s": retry_after_s,
+                "hang_rate": hang_rate,
+                "slow_factor": slow_factor,
+            }
+        )
         self._bucket = None if rate_limit_rps is None else _TokenBucket(rate_limit_rps)
         self._random = random.Random(f"{name}:{seed}")
         self._ids = itertools.count()
         self.calls = 0
         self.inflight = 0
+        self.errors_injected = 0
+        self.rate_limited = 0
+        self.hangs_injected = 0
         self.closed = False
 
     def __repr__(self) -> str:
+        knobs = self.knobs
         state = " closed" if self.closed else ""
         return (
-            f"<SimulatedBackend name={self.name} ttft_ms={self.ttft_ms:g} "
-            f"tokens_per_s={self.tokens_per_s:g} calls={self.calls} "
+            f"<SimulatedBackend name={self.name} ttft_ms={knobs.ttft_ms:g} "
+            f"tokens_per_s={knobs.tokens_per_s:g} calls={self.calls} "
             f"inflight={self.inflight}{state}>"
         )
+
+    def configure(self, **knobs: Any) -> Knobs:
+        """Change the named knobs (see `Knobs`) all at once, or none if one is bad; returns all.
+
+        Raises `ConfigError` naming the bad knob. Calls already under way keep the knobs they
+        started with; changing ``rate_limit_rps`` starts a full bucket.
+        """
+        new = self._validate({**msgspec.structs.asdict(self.knobs), **knobs})
+        if new.rate_limit_rps != self.knobs.rate_limit_rps:
+            rps = new.rate_limit_rps
+            self._bucket = None if rps is None else _TokenBucket(rps)
+        self.knobs = new
+        return new
+
+    def _validate(self, knobs: dict[str, Any]) -> Knobs:
+        unknown = sorted(set(knobs) - KNOB_NAMES)
+        if unknown:
+            raise ConfigError(
+                f"{self.name}: unknown knob {unknown[0]!r}; the knobs are "
+                + ", ".join(sorted(KNOB_NAMES))
+            )
+        try:
+            new = msgspec.convert(knobs, Knobs)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{self.name}: invalid knob: {exc}") from None
+        low, high = new.reply_tokens
+        if low > high:
+            raise ConfigError(f"{self.name}: reply_tokens must be (min, max) with min <= max")
+        return new
+
+    @property
+    def may_wait(self) -> bool:
+        """Whether a call can take any time at all (a latency or a hang is configured)."""
+        knobs = self.knobs
+        return bool(knobs.ttft_ms or knobs.tokens_per_s or knobs.hang_rate)
 
     async def chat(self, request: ChatRequest, *, timeout_s: float | None = None) -> ChatResponse:
         """Answer ``request`` after ttft + tokens / tokens_per_s."""
         plan = self._plan(request)
         self.inflight += 1
         try:
-            delay_s = plan.ttft_s + (
-                len(plan.words) / self.tokens_per_s if self.tokens_per_s else 0.0
-            )
+            if plan.hang_after != _NO_HANG:
+                await self._hang(timeout_s)
+            delay_s = plan.ttft_s + len(plan.words) * plan.token_s
             if timeout_s is not None and delay_s > timeout_s:
                 await asyncio.sleep(timeout_s)
                 raise UpstreamTimeout(f"{self.name}: no answer within {timeout_s:g} s")
@@ -321,6 +391,8 @@ class SimulatedBackend:
             loop = asyncio.get_running_loop()
             start = loop.time()
             deadline = math.inf if timeout_s is None else start + timeout_s
+            if plan.hang_after == 0:
+                await self._hang(timeout_s, deadline - start)
             first_at = start + plan.ttft_s
             if plan.ttft_s:
                 await self._sleep_until(loop, first_at, deadline, timeout_s)
@@ -336,9 +408,11 @@ class SimulatedBackend:
                 )
 
             yield chunk(Delta(role="assistant", content=""))
-            token_s = 1.0 / self.tokens_per_s if self.tokens_per_s else 0.0
+            token_s = plan.token_s
             last_at = first_at + len(plan.words) * token_s
             for i, word in enumerate(plan.words):
+                if i + 1 == plan.hang_after:
+                    await self._hang(timeout_s, deadline - loop.time())
                 if token_s:
                     due = first_at + (i + 1) * token_s
                     now = loop.time()
@@ -367,13 +441,21 @@ class SimulatedBackend:
         """Admit the call (or raise) and decide its reply, latency and fate, with no await."""
         if self.closed:
             raise UpstreamUnavailable(f"{self.name}: backend is closed")
+        knobs = self.knobs
         if self._bucket is not None and (wait_s := self._bucket.take()):
+            self.rate_limited += 1
             raise RateLimited(
                 f"{self.name}: over {self._bucket.rate_per_s:g} req/s; retry after {wait_s:.3f} s",
                 retry_after_s=wait_s,
             )
+        if knobs.rate_429 > 0 and self._random.random() < knobs.rate_429:
+            self.rate_limited += 1
+            raise RateLimited(
+                f"{self.name}: simulated 429; retry after {knobs.retry_after_s:g} s",
+                retry_after_s=knobs.retry_after_s,
+            )
         self.calls += 1
-        low, high = self.reply_tokens
+        low, high = knobs.reply_tokens
         words = compose_reply(request.messages, low, high)
         finish_reason = "stop"
         cap = request.max_completion_tokens or request.max_tokens
@@ -381,6 +463,17 @@ class SimulatedBackend:
             del words[cap:]
             finish_reason = "length"
         prompt_tokens = count_tokens(request.messages)
+        ttft_s = self._draw_ttft_s() * knobs.slow_factor
+        fail = knobs.error_rate > 0 and self._random.random() < knobs.error_rate
+        hang_after = _NO_HANG
+        if knobs.hang_rate > 0 and self._random.random() < knobs.hang_rate:
+            # Half before the first byte, half after the role chunk and some (never all) tokens.
+            hang_after = (
+                0 if self._random.random() < 0.5 else 1 + self._random.randrange(len(words))
+            )
+            self.hangs_injected += 1
+        elif fail:
+            self.errors_injected += 1
         return _Plan(
             id=f"chatcmpl-{self.name}-{next(self._ids)}",
             created=int(time.time()),
@@ -391,19 +484,30 @@ class SimulatedBackend:
                 completion_tokens=len(words),
                 total_tokens=prompt_tokens + len(words),
             ),
-            ttft_s=self._draw_ttft_s(),
-            fail=self.error_rate > 0 and self._random.random() < self.error_rate,
+            ttft_s=ttft_s,
+            token_s=knobs.slow_factor / knobs.tokens_per_s if knobs.tokens_per_s else 0.0,
+            fail=fail,
+            hang_after=hang_after,
         )
 
     def _draw_ttft_s(self) -> float:
-        mean_s = self.ttft_ms / 1000.0
-        if mean_s == 0 or self.latency == "constant":
+        knobs = self.knobs
+        mean_s = knobs.ttft_ms / 1000.0
+        if mean_s == 0 or knobs.latency == "constant":
             return mean_s
-        if self.latency == "exponential":
+        if knobs.latency == "exponential":
             return self._random.expovariate(1.0 / mean_s)
         # Lognormal with mean ``mean_s``: mu = ln(mean) - sigma^2 / 2.
-        sigma = self.jitter
+        sigma = knobs.jitter
         return self._random.lognormvariate(math.log(mean_s) - sigma * sigma / 2, sigma)
+
+    async def _hang(self, timeout_s: float | None, remaining_s: float | None = None) -> NoReturn:
+        """Wait until cancelled, or raise `UpstreamTimeout` once the caller's timeout is up."""
+        if timeout_s is None:
+            never: asyncio.Future[NoReturn] = asyncio.get_running_loop().create_future()
+            await never
+        await asyncio.sleep(max(0.0, timeout_s if remaining_s is None else remaining_s))
+        raise UpstreamTimeout(f"{self.name}: no answer within {timeout_s:g} s")
 
     async def _sleep_until(
         self,

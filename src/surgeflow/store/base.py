@@ -62,6 +62,7 @@ class ApiKey(msgspec.Struct, kw_only=True):
     hash: str
     created_at: float
     revoked_at: float | None = None
+    admin: bool = False  # may call the /v1/admin routes
 
 
 class Store(Protocol):

@@ -59,9 +59,11 @@ SCHEMA = Schema(
             name TEXT NOT NULL,
             hash TEXT NOT NULL UNIQUE,
             created_at REAL NOT NULL,
-            revoked_at REAL
+            revoked_at REAL,
+            admin INTEGER NOT NULL DEFAULT 0
         )""",
     ),
+    migrations=("ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",),
 )
 
 _RUN_COLUMNS = (
@@ -69,7 +71,7 @@ _RUN_COLUMNS = (
     " attempts, created_at, updated_at, started_at, finished_at"
 )
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in RunStatus if s.terminal)
-_KEY_COLUMNS = "id, name, hash, created_at, revoked_at"
+_KEY_COLUMNS = "id, name, hash, created_at, revoked_at, admin"
 
 _encoder = msgspec.json.Encoder()
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
@@ -128,7 +130,14 @@ def _require_run(conn: sqlite3.Connection, run_id: str) -> None:
 
 
 def _key_from_row(row: tuple[Any, ...]) -> ApiKey:
-    return ApiKey(id=row[0], name=row[1], hash=row[2], created_at=row[3], revoked_at=row[4])
+    return ApiKey(
+        id=row[0],
+        name=row[1],
+        hash=row[2],
+        created_at=row[3],
+        revoked_at=row[4],
+        admin=bool(row[5]),
+    )
 
 
 class SQLiteStore(SQLiteBacked):
@@ -304,8 +313,8 @@ class SQLiteStore(SQLiteBacked):
         def add(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                    (key.id, key.name, key.hash, key.created_at, key.revoked_at),
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (key.id, key.name, key.hash, key.created_at, key.revoked_at, key.admin),
                 )
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"API key {key.id!r} or its hash exists already") from exc
