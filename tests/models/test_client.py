@@ -32,7 +32,6 @@ from surgeflow.models import (
     OpenAIHTTPBackend,
     SimulatedBackend,
 )
-
 from surgeflow.routing import NO_KEY
 
 from .conftest import FakeUpstream, collect
