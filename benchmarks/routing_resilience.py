@@ -4,7 +4,8 @@ Three ``surgeflow mock-llm`` processes on loopback serve the model. Load is open
 start on a Poisson schedule at ``--rate`` per second whatever the answers do, and each latency is
 measured from the request's intended start. Every round runs every variant once, interleaved.
 
-1. slow: one endpoint answers 5× slower. p2c_ewma vs round_robin: throughput, p50, p99.
+1. slow: one endpoint answers 5× slower, so it saturates first. p2c_ewma vs round_robin:
+   throughput, p50, p99.
 2. failing: one endpoint fails 30 % of calls. Client-visible error rate with retries, and the
    extra upstream load the retries cost, against the retry budget (``budget_ratio``).
 """
@@ -27,7 +28,19 @@ from surgeflow.models.client import ModelClient
 from surgeflow.models.openai_http import OpenAIHTTPBackend
 from surgeflow.models.types import ChatRequest, Message
 
-MOCK_ARGS = ["--ttft-ms", "20", "--tokens-per-s", "2000", "--latency", "constant"]
+# Each replica serves 4 calls at once (its batch slots); more wait in its queue, as on a real
+# model server. A fast replica answers in about 35 ms, so it serves about 110 calls/s; the slow one
+# (5× slower) about 22.
+MOCK_ARGS = [
+    "--ttft-ms",
+    "20",
+    "--tokens-per-s",
+    "2000",
+    "--latency",
+    "constant",
+    "--capacity",
+    "4",
+]
 
 
 async def _stats(url: str) -> dict[str, Any]:
@@ -163,7 +176,7 @@ async def main_async(args: argparse.Namespace, urls: Sequence[str]) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
+    parser.add_argument("--rate", type=float, default=120.0, help="requests per second")
     parser.add_argument("--duration-s", type=float, default=8.0)
     args = parser.parse_args()
     ports = [free_port() for _ in range(3)]

@@ -154,6 +154,9 @@ def mock_llm(
     retry_after_s: Annotated[float, typer.Option(help="Retry-After sent with 429s.")] = 1.0,
     hang_rate: Annotated[float, typer.Option(help="Probability of never answering.")] = 0.0,
     slow_factor: Annotated[float, typer.Option(help="Multiplies every latency.")] = 1.0,
+    capacity: Annotated[
+        int | None, typer.Option(min=1, help="Calls served at once; the rest queue (FIFO).")
+    ] = None,
     rate_limit_rps: Annotated[
         float | None, typer.Option(help="Answer 429 above this many requests per second.")
     ] = None,
@@ -180,6 +183,7 @@ def mock_llm(
             retry_after_s=retry_after_s,
             hang_rate=hang_rate,
             slow_factor=slow_factor,
+            capacity=capacity,
             rate_limit_rps=rate_limit_rps,
             seed=seed,
         )

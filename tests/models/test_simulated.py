@@ -436,7 +436,7 @@ async def test_configure_sets_and_lifts_the_rate_limit() -> None:
 @pytest.mark.parametrize(
     ("knobs", "says"),
     [
-        ({"bogus": 1}, "unknown knob 'bogus'; the knobs are error_rate, hang_rate"),
+        ({"bogus": 1}, "unknown knob 'bogus'; the knobs are capacity, error_rate, hang_rate"),
         ({"seed": 1}, "unknown knob 'seed'"),
         ({"error_rate": 0.1, "hang_rate": 2}, "Expected `float` <= 1.0 - at `$.hang_rate`"),
         ({"slow_factor": 0}, "slow_factor"),
@@ -456,3 +456,27 @@ def test_configure_refuses_bad_knobs_and_changes_none(knobs: dict[str, Any], say
     assert says in str(caught.value)
     assert str(caught.value).startswith("sim: ")
     assert backend.knobs == before
+
+
+async def test_capacity_queues_calls_beyond_it_in_order() -> None:
+    backend = SimulatedBackend("cap", ttft_ms=50, tokens_per_s=0, capacity=2)
+    finished: list[int] = []
+
+    async def call(n: int) -> None:
+        await backend.chat(
+            ChatRequest(model="m", messages=[Message(role="user", content=f"call {n}")])
+        )
+        finished.append(n)
+
+    started = time.monotonic()
+    await asyncio.gather(*(call(n) for n in range(6)))
+    elapsed = time.monotonic() - started
+    assert elapsed >= 0.14  # three waves of two, 50 ms each
+    assert sorted(finished[:2]) == [0, 1]  # first come, first served
+    assert backend.serving == 0
+    late = ChatRequest(model="m", messages=[Message(role="user", content="late")])
+    outcomes = await asyncio.gather(
+        *(backend.chat(late, timeout_s=0.06) for _ in range(6)), return_exceptions=True
+    )
+    assert any("queued past" in str(o) for o in outcomes)  # waiting counts against the timeout
+    assert backend.serving == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
 import itertools
 import math
@@ -227,6 +229,7 @@ class Knobs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     retry_after_s: NonNegative
     hang_rate: Probability
     slow_factor: Positive
+    capacity: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 KNOB_NAMES = frozenset(Knobs.__struct_fields__)
@@ -278,6 +281,7 @@ class SimulatedBackend:
         retry_after_s: float = 1.0,
         hang_rate: float = 0.0,
         slow_factor: float = 1.0,
+        capacity: int | None = None,
         seed: int = 0,
     ) -> None:
         self.name = name
@@ -294,6 +298,7 @@ class SimulatedBackend:
                 "retry_after_s": retry_after_s,
                 "hang_rate": hang_rate,
                 "slow_factor": slow_factor,
+                "capacity": capacity,
             }
         )
         self._bucket = None if rate_limit_rps is None else _TokenBucket(rate_limit_rps)
@@ -305,6 +310,8 @@ class SimulatedBackend:
         self.rate_limited = 0
         self.hangs_injected = 0
         self.closed = False
+        self.serving = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def __repr__(self) -> str:
         knobs = self.knobs
@@ -344,6 +351,35 @@ class SimulatedBackend:
             raise ConfigError(f"{self.name}: reply_tokens must be (min, max) with min <= max")
         return new
 
+    @contextlib.asynccontextmanager
+    async def _capacity(self, timeout_s: float | None) -> AsyncIterator[None]:
+        """Serve at most ``capacity`` calls at once, the rest in FIFO order, like a model server's
+        batch slots: a replica pushed past its capacity queues, and its latency grows."""
+        if self.knobs.capacity is not None and (
+            self.serving >= self.knobs.capacity or self._waiting
+        ):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await waiter
+            except TimeoutError:
+                raise UpstreamTimeout(f"{self.name}: queued past {timeout_s:g} s") from None
+            finally:
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+        self.serving += 1
+        try:
+            yield
+        finally:
+            self.serving -= 1
+            capacity = self.knobs.capacity
+            while self._waiting and (capacity is None or self.serving < capacity):
+                waiter = self._waiting.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+
     @property
     def may_wait(self) -> bool:
         """Whether a call can take any time at all (a latency or a hang is configured)."""
@@ -355,31 +391,40 @@ class SimulatedBackend:
         plan = self._plan(request)
         self.inflight += 1
         try:
-            if plan.hang_after != _NO_HANG:
-                await self._hang(timeout_s)
-            delay_s = plan.ttft_s + len(plan.words) * plan.token_s
-            if timeout_s is not None and delay_s > timeout_s:
-                await asyncio.sleep(timeout_s)
-                raise UpstreamTimeout(f"{self.name}: no answer within {timeout_s:g} s")
-            if delay_s > 0:
-                await asyncio.sleep(delay_s)
-            if plan.fail:
-                raise UpstreamError(f"{self.name}: simulated upstream failure", status=500)
-            return ChatResponse(
-                id=plan.id,
-                model=request.model,
-                created=plan.created,
-                choices=[
-                    Choice(
-                        index=0,
-                        message=Message(role="assistant", content=" ".join(plan.words)),
-                        finish_reason=plan.finish_reason,
-                    )
-                ],
-                usage=plan.usage,
-            )
+            queued_at = time.monotonic()
+            async with self._capacity(timeout_s):
+                if timeout_s is not None:
+                    timeout_s -= time.monotonic() - queued_at
+                return await self._answer(request, plan, timeout_s)
         finally:
             self.inflight -= 1
+
+    async def _answer(
+        self, request: ChatRequest, plan: _Plan, timeout_s: float | None
+    ) -> ChatResponse:
+        if plan.hang_after != _NO_HANG:
+            await self._hang(timeout_s)
+        delay_s = plan.ttft_s + len(plan.words) * plan.token_s
+        if timeout_s is not None and delay_s > timeout_s:
+            await asyncio.sleep(max(timeout_s, 0.0))
+            raise UpstreamTimeout(f"{self.name}: no answer within {timeout_s:g} s")
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        if plan.fail:
+            raise UpstreamError(f"{self.name}: simulated upstream failure", status=500)
+        return ChatResponse(
+            id=plan.id,
+            model=request.model,
+            created=plan.created,
+            choices=[
+                Choice(
+                    index=0,
+                    message=Message(role="assistant", content=" ".join(plan.words)),
+                    finish_reason=plan.finish_reason,
+                )
+            ],
+            usage=plan.usage,
+        )
 
     async def stream(
         self, request: ChatRequest, *, timeout_s: float | None = None
@@ -391,45 +436,47 @@ class SimulatedBackend:
             loop = asyncio.get_running_loop()
             start = loop.time()
             deadline = math.inf if timeout_s is None else start + timeout_s
-            if plan.hang_after == 0:
-                await self._hang(timeout_s, deadline - start)
-            first_at = start + plan.ttft_s
-            if plan.ttft_s:
-                await self._sleep_until(loop, first_at, deadline, timeout_s)
-            if plan.fail:
-                raise UpstreamError(f"{self.name}: simulated upstream failure", status=500)
+            async with self._capacity(timeout_s):
+                start = loop.time()  # the model starts on the call once a slot is free
+                if plan.hang_after == 0:
+                    await self._hang(timeout_s, deadline - start)
+                first_at = start + plan.ttft_s
+                if plan.ttft_s:
+                    await self._sleep_until(loop, first_at, deadline, timeout_s)
+                if plan.fail:
+                    raise UpstreamError(f"{self.name}: simulated upstream failure", status=500)
 
-            def chunk(delta: Delta, finish_reason: str | None = None) -> ChatChunk:
-                return ChatChunk(
-                    id=plan.id,
-                    model=request.model,
-                    created=plan.created,
-                    choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],
-                )
+                def chunk(delta: Delta, finish_reason: str | None = None) -> ChatChunk:
+                    return ChatChunk(
+                        id=plan.id,
+                        model=request.model,
+                        created=plan.created,
+                        choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],
+                    )
 
-            yield chunk(Delta(role="assistant", content=""))
-            token_s = plan.token_s
-            last_at = first_at + len(plan.words) * token_s
-            for i, word in enumerate(plan.words):
-                if i + 1 == plan.hang_after:
-                    await self._hang(timeout_s, deadline - loop.time())
-                if token_s:
-                    due = first_at + (i + 1) * token_s
-                    now = loop.time()
-                    if due > now:
-                        # Oversleep to the next tick so the tokens due meanwhile go out together.
-                        wake = min(max(due, now + _STREAM_TICK_S), last_at)
-                        await self._sleep_until(loop, wake, deadline, timeout_s)
-                yield chunk(Delta(content=word if i == 0 else " " + word))
-            yield chunk(Delta(), plan.finish_reason)
-            if (request.stream_options or {}).get("include_usage"):
-                yield ChatChunk(
-                    id=plan.id,
-                    model=request.model,
-                    created=plan.created,
-                    choices=[],
-                    usage=plan.usage,
-                )
+                yield chunk(Delta(role="assistant", content=""))
+                token_s = plan.token_s
+                last_at = first_at + len(plan.words) * token_s
+                for i, word in enumerate(plan.words):
+                    if i + 1 == plan.hang_after:
+                        await self._hang(timeout_s, deadline - loop.time())
+                    if token_s:
+                        due = first_at + (i + 1) * token_s
+                        now = loop.time()
+                        if due > now:
+                            # Oversleep to the next tick so the tokens due meanwhile go out together.
+                            wake = min(max(due, now + _STREAM_TICK_S), last_at)
+                            await self._sleep_until(loop, wake, deadline, timeout_s)
+                    yield chunk(Delta(content=word if i == 0 else " " + word))
+                yield chunk(Delta(), plan.finish_reason)
+                if (request.stream_options or {}).get("include_usage"):
+                    yield ChatChunk(
+                        id=plan.id,
+                        model=request.model,
+                        created=plan.created,
+                        choices=[],
+                        usage=plan.usage,
+                    )
         finally:
             self.inflight -= 1
 

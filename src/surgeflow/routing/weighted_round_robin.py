@@ -15,12 +15,14 @@ class WeightedRoundRobin:
     Each pick adds every candidate's weight to its current weight, takes the candidate with the
     highest (the first on a tie) and takes the total weight off it: weights 5, 1, 1 give
     ``a a b a c a a``. Over any ``sum(weights)`` consecutive picks of a fixed set the shares are
-    exact; over a shorter window an endpoint can be up to (not quite) two picks off its share,
-    and once off one at the turn of a cycle (weights 1, 1, 1, 2 give ``d a b c d d a b c d``).
+    exact. Over shorter windows nginx is smooth, not perfect: an endpoint stays under two picks
+    off its share, not one (weights 2, 1, 1, 1 give ``a b c d a``: no ``a`` in ``b c d``), and
+    can repeat at the turn of a cycle (weights 1, 1, 1, 2 give ``d a b c d d a b c d``).
 
-    Current weights are kept by endpoint name. An endpoint that leaves the candidates keeps its
-    current weight, frozen, until it is back, as nginx does for a peer that is down: the current
-    weights of all the endpoints ever seen then always sum to zero, so a comeback cannot burst.
+    Current weights are kept by endpoint name (one int per name ever seen). An endpoint that
+    leaves the candidates keeps its current weight, frozen, until it is back, as nginx does for a
+    peer that is down: the current weights of all the endpoints then always sum to zero and stay
+    within about a cycle's total, so a comeback is a pick or so early or late, never a burst.
     O(n) per pick, as in nginx.
     """
 
