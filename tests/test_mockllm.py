@@ -211,9 +211,9 @@ async def test_a_bad_knob_is_a_400_and_changes_nothing(mock: MockLLM) -> None:
 
     assert await post_config(b'{"error_rate": 0.5, "bogus": 1}') == (
         400,
-        "unknown knob 'bogus'; the knobs are capacity, error_rate, hang_rate, jitter, latency, rate_429, "
-        "rate_limit_rps, reply_tokens, retry_after_s, slow_factor, tokens_per_s, ttft_ms, "
-        "unhealthy",
+        "unknown knob 'bogus'; the knobs are capacity, error_rate, hang_rate, jitter, latency, "
+        "rate_429, rate_limit_rps, reply_tokens, retry_after_s, slow_factor, tokens_per_s, "
+        "ttft_ms, unhealthy",
     )
     status, message = await post_config(b'{"error_rate": 0.5, "hang_rate": 2}')
     assert status == 400

@@ -464,7 +464,7 @@ class SimulatedBackend:
                         due = first_at + (i + 1) * token_s
                         now = loop.time()
                         if due > now:
-                            # Oversleep to the next tick so the tokens due meanwhile go out together.
+                            # Oversleep to the next tick: tokens due meanwhile go out together.
                             wake = min(max(due, now + _STREAM_TICK_S), last_at)
                             await self._sleep_until(loop, wake, deadline, timeout_s)
                     yield chunk(Delta(content=word if i == 0 else " " + word))
