@@ -56,6 +56,7 @@ class ModelClient:
             for fallback in router.settings.fallbacks:
                 if fallback not in self._routers:
                     raise ConfigError(f"model {router.name!r} falls back to unknown {fallback!r}")
+        self._chains: dict[str, list[ModelRouter]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -187,12 +188,17 @@ class ModelClient:
                 raise result
 
     def _chain(self, model: str) -> list[ModelRouter]:
-        first = self.router(model)
-        chain = [first]
-        for name in first.settings.fallbacks:
-            router = self._routers[name]
-            if router not in chain:
-                chain.append(router)
+        chain = self._chains.get(model)
+        if chain is None:
+            first = self.router(model)
+            chain = [first]
+            for name in first.settings.fallbacks:
+                router = self._routers[name]
+                if router not in chain:
+                    chain.append(router)
+            self._chains[model] = chain
+        elif self._closed:
+            raise Conflict("ModelClient is closed")
         return chain
 
 

@@ -7,8 +7,8 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from surgeflow.config import EndpointSettings
@@ -140,10 +140,14 @@ class EndpointLimits:
         The slot is freed on exit however the block ends, cancellation included; a waiter
         cancelled in the queue leaves it and gives its reservation back.
         """
-        return self._slot(tokens)
+        return _Slot(self, tokens)
 
-    @asynccontextmanager
-    async def _slot(self, tokens: int) -> AsyncIterator[None]:
+    async def acquire(self, tokens: int = 0) -> None:
+        """Take one slot (waiting in the queue if need be); pair with `release`, in a finally.
+
+        `slot` is the same as a context manager; this pair is for the hot path, where a
+        context manager's generator machinery costs more than the work it wraps.
+        """
         self._reserve(tokens)
         try:
             await self._acquire()
@@ -151,10 +155,10 @@ class EndpointLimits:
             self._unreserve(tokens)
             raise
         self.admitted += 1
-        try:
-            yield
-        finally:
-            self._release()
+
+    def release(self) -> None:
+        """Give back a slot taken with `acquire`."""
+        self._release()
 
     def settle(self, reserved_tokens: int, actual_tokens: int) -> None:
         """Correct the token budget once the answer reports what the call really used."""
@@ -205,6 +209,8 @@ class EndpointLimits:
 
     def _blocked(self, tokens: int) -> tuple[float, str] | None:
         """How long until cooldown and budgets let ``tokens`` through, and why; None if now."""
+        if self.cooldown_until == -math.inf and self._requests is None and self._tokens is None:
+            return None  # the common case, on every pick: no 429 seen, no budgets configured
         waits: list[tuple[float, str]] = []
         if (cooldown_s := self._cooldown_s()) > 0:
             waits.append((cooldown_s, "is cooling down after a 429"))
@@ -288,6 +294,22 @@ class EndpointLimits:
     def _discard(self, waiter: asyncio.Future[None]) -> None:
         with contextlib.suppress(ValueError):  # already skipped by _release
             self._waiters.remove(waiter)
+
+
+class _Slot:
+    """`EndpointLimits.slot` as a plain class: cheaper than a generator-based context manager."""
+
+    __slots__ = ("_limits", "_tokens")
+
+    def __init__(self, limits: EndpointLimits, tokens: int) -> None:
+        self._limits = limits
+        self._tokens = tokens
+
+    async def __aenter__(self) -> None:
+        await self._limits.acquire(self._tokens)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limits.release()
 
 
 def _per_minute(per_min: float | None, clock: Callable[[], float]) -> TokenBucket | None:

@@ -87,6 +87,7 @@ class ModelRouter:
         for endpoint, endpoint_settings in zip(self.endpoints, settings.endpoints, strict=False):
             endpoint.health = EndpointHealth(settings.health, ejections)
             endpoint.limits = EndpointLimits(endpoint_settings)
+        self._parts = [(e, _health(e), _limits(e)) for e in self.endpoints]
         self._needs_tokens = any(e.tokens_per_min for e in settings.endpoints)
         self.requests = 0
         self.retries = 0
@@ -109,14 +110,14 @@ class ModelRouter:
 
         Raises `Overloaded` when no endpoint can take the call now.
         """
-        admitted = [e for e in self.endpoints if _limits(e).available(tokens)]
-        healthy = [e for e in admitted if _health(e).admits()]
-        if panic(
-            [_health(e) for e in self.endpoints], self.settings.health.panic_threshold_percent
+        admitted = [(e, health) for e, health, limits in self._parts if limits.available(tokens)]
+        healthy = [e for e, health in admitted if health.admits()]
+        if len(healthy) < len(admitted) and panic(
+            [health for _, health, _ in self._parts], self.settings.health.panic_threshold_percent
         ):
             # Too few healthy endpoints: spreading over all of them beats melting the survivors.
             self.panics += 1
-            healthy = admitted
+            healthy = [e for e, _ in admitted]
         if not healthy:
             raise self._overloaded(tokens)
         fresh = [e for e in healthy if e not in exclude] or healthy
@@ -180,7 +181,8 @@ class ModelRouter:
     ) -> ChatResponse:
         timeout_s = self._timeout_s(deadline)
         limits, health = _limits(endpoint), _health(endpoint)
-        async with limits.slot(tokens):
+        await limits.acquire(tokens)
+        try:
             trial = health.on_start()
             endpoint.inflight += 1
             started = time.monotonic()
@@ -195,6 +197,8 @@ class ModelRouter:
             if tokens and response.usage is not None:
                 limits.settle(tokens, response.usage.total_tokens)
             return response
+        finally:
+            limits.release()
 
     def _succeeded(self, endpoint: Endpoint, latency_s: float, trial: bool) -> None:
         _health(endpoint).on_success(latency_s, trial=trial)
