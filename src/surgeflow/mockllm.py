@@ -26,6 +26,7 @@ from surgeflow.gateway.http import (
     Scope,
     Send,
     cancelled_on_disconnect,
+    lifespan,
     send_bytes,
     send_error,
     send_json,
@@ -106,7 +107,7 @@ class MockLLM:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await _lifespan(receive, send)
+                await lifespan(receive, send)
             return
         method: str = scope["method"]
         path: str = scope["path"]
@@ -366,16 +367,6 @@ def _model_error(exc: errors.ModelError) -> HTTPError:
 def _seconds(value_s: float) -> str:
     """``1.0`` as ``1``, ``0.25`` as ``0.25``: no exponent, at most millisecond precision."""
     return f"{value_s:.3f}".rstrip("0").rstrip(".")
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 @contextlib.asynccontextmanager

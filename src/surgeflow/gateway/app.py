@@ -21,6 +21,7 @@ from surgeflow.gateway.http import (
     Scope,
     Send,
     http_error,
+    lifespan,
     send_error,
     send_json,
 )
@@ -60,7 +61,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await _lifespan(receive, send)
+                await lifespan(receive, send)
             return
         request = Request(scope, receive)
         sent = _ResponseTracker(send)
@@ -184,14 +185,3 @@ async def _readyz(service: Service, request: Request, send: Send) -> None:
 
 async def _openapi(service: Service, request: Request, send: Send) -> None:
     await send_json(send, 200, openapi_document(service))
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    # The service is opened and closed by whoever runs the server, not by the lifespan protocol.
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -185,15 +185,9 @@ async def send_error(send: Send, error: HTTPError) -> None:
 def http_error(exc: errors.SurgeflowError) -> HTTPError:
     """Translate a surgeflow error into the answer a client should get."""
     if isinstance(exc, errors.RateLimited):
-        headers = []
-        if exc.retry_after_s is not None:
-            headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
-        return HTTPError(429, "rate_limited", str(exc), headers=headers)
+        return HTTPError(429, "rate_limited", str(exc), headers=_retry_after(exc.retry_after_s))
     if isinstance(exc, errors.Overloaded):
-        headers = []
-        if exc.retry_after_s is not None:
-            headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
-        return HTTPError(503, "overloaded", str(exc), headers=headers)
+        return HTTPError(503, "overloaded", str(exc), headers=_retry_after(exc.retry_after_s))
     if isinstance(exc, errors.UpstreamError):
         return HTTPError(502, "upstream_error", str(exc))
     if isinstance(exc, errors.UpstreamTimeout):
@@ -211,3 +205,21 @@ def http_error(exc: errors.SurgeflowError) -> HTTPError:
     if isinstance(exc, errors.StepError):
         return HTTPError(500, "workflow_failed", str(exc))
     return HTTPError(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _retry_after(seconds: float | None) -> list[tuple[bytes, bytes]]:
+    # Whole seconds, rounded up: a client that comes back early only meets the same refusal.
+    if seconds is None:
+        return []
+    return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer the ASGI lifespan protocol; whoever runs the server opens and closes the rest."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
