@@ -57,8 +57,8 @@ class Service:
             store, queue = _store_and_queue(settings, store, queue)
         self.store: Store = store
         self.queue: Queue = queue
-        self.models = models or build_model_client(settings)
         self.cache: Cache = cache or _build_cache(settings)
+        self.models = models or build_model_client(settings, cache=self.cache)
         self.workflows: dict[str, Workflow] = dict(
             workflows if workflows is not None else load_workflows(settings)
         )
@@ -253,12 +253,17 @@ def build_backend(model: str, index: int, endpoint: EndpointSettings) -> ModelBa
     )
 
 
-def build_model_client(settings: Settings) -> ModelClient:
+def build_model_client(settings: Settings, *, cache: Cache | None = None) -> ModelClient:
     routes = {
         model.name: [build_backend(model.name, i, ep) for i, ep in enumerate(model.endpoints)]
         for model in settings.models
     }
-    return ModelClient(routes, settings={model.name: model for model in settings.models})
+    return ModelClient(
+        routes,
+        settings={model.name: model for model in settings.models},
+        cache=cache,
+        cache_ttl_s=settings.cache.ttl_s,
+    )
 
 
 def load_workflows(settings: Settings) -> dict[str, Workflow]:

@@ -10,6 +10,9 @@ from typing import Any, Self
 
 import msgspec
 
+from surgeflow.cache.base import Cache
+from surgeflow.cache.coalesce import Coalescer
+from surgeflow.cache.keys import chat_cache_key
 from surgeflow.config import EndpointSettings, ModelSettings
 from surgeflow.errors import ConfigError, Conflict, ModelError, NotFound, ValidationError
 from surgeflow.models.base import ModelBackend
@@ -35,7 +38,12 @@ class ModelClient:
         *,
         settings: Mapping[str, ModelSettings] | None = None,
         policy_seed: int | None = None,
+        cache: Cache | None = None,
+        cache_ttl_s: float | None = None,
     ) -> None:
+        self._cache = cache
+        self._cache_ttl_s = cache_ttl_s
+        self._coalescer: Coalescer[ChatResponse] = Coalescer()
         self._routers: dict[str, ModelRouter] = {}
         self._checkers: list[ActiveChecker] = []
         for model, backends in routes.items():
@@ -101,7 +109,39 @@ class ModelClient:
     async def chat(
         self, request: ChatRequest, *, key: RouteKey = NO_KEY, timeout_s: float | None = None
     ) -> ChatResponse:
-        """Answer ``request`` with its model, or with its fallbacks when it cannot."""
+        """Answer ``request`` with its model, or with its fallbacks when it cannot.
+
+        With a cache, a deterministic request (temperature 0) is answered from it when it can
+        be, per API key; identical concurrent misses make one upstream call between them.
+        """
+        if self._cache is not None:
+            cache_key = chat_cache_key(request, scope=key.key_id)
+            if cache_key is not None:
+                return await self._cached(cache_key, request, key, timeout_s)
+        return await self._route(request, key, timeout_s)
+
+    async def _cached(
+        self, cache_key: str, request: ChatRequest, key: RouteKey, timeout_s: float | None
+    ) -> ChatResponse:
+        assert self._cache is not None
+        cached = await self._cache.get(cache_key)
+        if cached is not None:
+            try:
+                return _decode_response(cached)
+            except msgspec.DecodeError:
+                await self._cache.delete(cache_key)  # a corrupt entry is dropped, never served
+
+        async def fill() -> ChatResponse:
+            response = await self._route(request, key, timeout_s)
+            assert self._cache is not None
+            await self._cache.set(cache_key, msgspec.json.encode(response), ttl_s=self._cache_ttl_s)
+            return response
+
+        return await self._coalescer.run(cache_key, fill)
+
+    async def _route(
+        self, request: ChatRequest, key: RouteKey, timeout_s: float | None
+    ) -> ChatResponse:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         chain = self._chain(request.model)
         for position, router in enumerate(chain):
@@ -200,6 +240,9 @@ class ModelClient:
         elif self._closed:
             raise Conflict("ModelClient is closed")
         return chain
+
+
+_decode_response = msgspec.json.Decoder(ChatResponse).decode
 
 
 def _falls_back(
