@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 
 class MemoryCache:
     """Least-recently-used entries are evicted once the values exceed ``max_bytes``."""
 
-    def __init__(self, *, max_bytes: int = 64 * 1024 * 1024, ttl_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        ttl_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be > 0")
         self.max_bytes = max_bytes
+        self._clock = clock
         self.ttl_s = ttl_s
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._bytes = 0
@@ -33,7 +41,7 @@ class MemoryCache:
             self.misses += 1
             return None
         expires_at, value = entry
-        if expires_at < time.monotonic():
+        if expires_at <= self._clock():
             self._remove(key)
             self.misses += 1
             return None
@@ -45,7 +53,7 @@ class MemoryCache:
         if len(value) > self.max_bytes:
             return  # larger than the whole cache: caching it would evict everything for nothing
         self._remove(key)
-        self._entries[key] = (time.monotonic() + (ttl_s or self.ttl_s), value)
+        self._entries[key] = (self._clock() + (ttl_s or self.ttl_s), value)
         self._bytes += len(value)
         while self._bytes > self.max_bytes:
             oldest = next(iter(self._entries))

@@ -17,6 +17,7 @@ from surgeflow.gateway.http import (
     send_bytes,
     send_error,
 )
+from surgeflow.models.client import CacheMode
 from surgeflow.models.types import ChatRequest, ModelInfo, ModelList
 from surgeflow.routing.base import RouteKey
 
@@ -37,12 +38,26 @@ async def completions(service: Service, request: Request, send: Send) -> None:
     timeout_s = service.settings.server.upstream_timeout_s
     key = _route_key(request, chat_request)
     if not chat_request.stream:
+        mode = _cache_mode(request)
         async with cancelled_on_disconnect(request):
-            response = await service.models.chat(chat_request, key=key, timeout_s=timeout_s)
+            response = await service.models.chat(
+                chat_request, key=key, timeout_s=timeout_s, cache=mode
+            )
         await send_bytes(send, 200, _encode(response))
         return
     async with cancelled_on_disconnect(request):
         await _stream(service, chat_request, key, send, timeout_s)
+
+
+def _cache_mode(request: Request) -> CacheMode:
+    """``Cache-Control: no-store`` (or ``no-cache``) skips the cache; ``X-Surgeflow-Cache: on``
+    caches a request even when it samples (temperature above 0)."""
+    control = request.header(b"cache-control")
+    if control is not None and (b"no-store" in control or b"no-cache" in control):
+        return "bypass"
+    if request.header(b"x-surgeflow-cache") == b"on":
+        return "opt_in"
+    return "auto"
 
 
 def _route_key(request: Request, chat_request: ChatRequest) -> RouteKey:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import msgspec
 
@@ -107,15 +107,21 @@ class ModelClient:
         return router
 
     async def chat(
-        self, request: ChatRequest, *, key: RouteKey = NO_KEY, timeout_s: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        key: RouteKey = NO_KEY,
+        timeout_s: float | None = None,
+        cache: CacheMode = "auto",
     ) -> ChatResponse:
         """Answer ``request`` with its model, or with its fallbacks when it cannot.
 
-        With a cache, a deterministic request (temperature 0) is answered from it when it can
-        be, per API key; identical concurrent misses make one upstream call between them.
+        With a cache, a deterministic request (temperature 0, or any with ``cache="opt_in"``) is
+        answered from it when it can be, per API key; identical concurrent misses make one
+        upstream call between them. ``cache="bypass"`` neither reads nor writes it.
         """
-        if self._cache is not None:
-            cache_key = chat_cache_key(request, scope=key.key_id)
+        if self._cache is not None and cache != "bypass":
+            cache_key = chat_cache_key(request, scope=key.key_id, opt_in=cache == "opt_in")
             if cache_key is not None:
                 return await self._cached(cache_key, request, key, timeout_s)
         return await self._route(request, key, timeout_s)
@@ -243,6 +249,7 @@ class ModelClient:
 
 
 _decode_response = msgspec.json.Decoder(ChatResponse).decode
+CacheMode = Literal["auto", "bypass", "opt_in"]
 
 
 def _falls_back(
