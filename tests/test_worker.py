@@ -81,6 +81,10 @@ async def test_cancel_reaches_a_run_on_this_worker(service: Service) -> None:
             break
         await asyncio.sleep(0.02)
     assert (await service.store.get_run(run.id)).status is RunStatus.CANCELLED
+    for _ in range(100):  # the job is acked just after the status and event are written
+        if not worker.active_runs:
+            break
+        await asyncio.sleep(0.01)
     assert worker.active_runs == []
     worker.stop()
     await task

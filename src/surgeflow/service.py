@@ -225,9 +225,21 @@ def _store_and_queue(
 
 
 def _build_cache(settings: Settings) -> Cache:
-    if settings.cache.url != "memory://":
-        raise ConfigError(f"unsupported cache URL {settings.cache.url!r} (use memory://)")
-    return MemoryCache(max_bytes=settings.cache.max_bytes, ttl_s=settings.cache.ttl_s)
+    """``memory://``: this process only; ``redis://…``: memory in front of a shared Redis tier."""
+    url = settings.cache.url
+    local = MemoryCache(max_bytes=settings.cache.max_bytes, ttl_s=settings.cache.ttl_s)
+    if url == "memory://":
+        return local
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from surgeflow.cache.redis import RedisCache
+            from surgeflow.cache.tiered import TieredCache
+        except ImportError:
+            raise ConfigError(
+                f"cache URL {url!r} needs the redis extra: pip install 'surgeflow[redis]'"
+            ) from None
+        return TieredCache(local, RedisCache(url, ttl_s=settings.cache.ttl_s))
+    raise ConfigError(f"unsupported cache URL {url!r} (use memory:// or redis://host:port/db)")
 
 
 def build_backend(model: str, index: int, endpoint: EndpointSettings) -> ModelBackend:
