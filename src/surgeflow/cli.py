@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+cache_app = typer.Typer(help="Manage a running gateway's cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 console = Console()
 T = TypeVar("T")
@@ -188,6 +190,37 @@ def mock_llm(
             seed=seed,
         )
         await serve_forever(MockLLM(backend, models=model or ["mock"], api_key=api_key), host, port)
+
+    _run(main())
+
+
+@cache_app.command("clear")
+def cache_clear(
+    url: Annotated[str, typer.Option(help="The gateway's base URL.")] = "http://127.0.0.1:8000",
+    key: Annotated[str, typer.Option(envvar="SURGEFLOW_ADMIN_KEY", help="An admin API key.")] = "",
+    prefix: Annotated[
+        str, typer.Option(help="Only keys starting with this (chat:<key id>:<model>:).")
+    ] = "",
+) -> None:
+    """Invalidate cached answers on a running gateway (all of them, or by key prefix)."""
+    import aiohttp
+
+    async def main() -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        params = {"prefix": prefix} if prefix else {}
+        try:
+            async with (
+                aiohttp.ClientSession(headers=headers) as http,
+                http.delete(f"{url.rstrip('/')}/v1/admin/cache", params=params) as response,
+            ):
+                body = await response.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            console.print(f"[red]error:[/red] cannot reach {url}: {exc}")
+            raise typer.Exit(2) from None
+        if response.status != 200:
+            console.print(f"[red]error:[/red] {body.get('error', {}).get('message', body)}")
+            raise typer.Exit(2)
+        console.print(f"deleted {body['deleted']} cached entries")
 
     _run(main())
 

@@ -88,3 +88,14 @@ async def test_a_value_larger_than_the_cache_is_not_kept() -> None:
     await cache.set("huge", b"x" * 11)
     assert await cache.get("huge") is None
     assert await cache.get("small") == b"12345"  # and it evicted nothing for it
+
+
+async def test_clear_by_prefix_or_all() -> None:
+    cache = MemoryCache()
+    for key in ("chat:a:m:1", "chat:a:m:2", "chat:b:m:1", "step:wf:s:1"):
+        await cache.set(key, b"v")
+    assert await cache.clear("chat:a:") == 2
+    assert await cache.get("chat:b:m:1") == b"v"
+    assert await cache.clear() == 2
+    assert len(cache) == 0
+    assert cache.size_bytes == 0

@@ -151,3 +151,12 @@ async def test_a_redis_cache_url_gives_memory_in_front_of_redis(
             assert await other.get("k") == b"v"
         finally:
             await other.aclose()
+
+
+async def test_clear_by_prefix_escapes_glob_characters(shared: RedisCache) -> None:
+    for key in ("chat:a:m:1", "chat:a:m:2", "chat:b:m:1", "chat:[x]*:m:1"):
+        await shared.set(key, b"v")
+    assert await shared.clear("chat:[x]*:") == 1  # the brackets and star are literal
+    assert await shared.clear("chat:a:") == 2
+    assert await shared.get("chat:b:m:1") == b"v"
+    assert await shared.clear() == 1

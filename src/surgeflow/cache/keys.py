@@ -42,4 +42,5 @@ def chat_cache_key(request: ChatRequest, *, scope: str | None, opt_in: bool = Fa
         request.presence_penalty,
         request.frequency_penalty,
     )
-    return "chat:" + hashlib.sha256(_encode(basis)).hexdigest()
+    # Tenant and model stay readable so that `clear` can drop one tenant's or one model's answers.
+    return f"chat:{scope or '-'}:{request.model}:{hashlib.sha256(_encode(basis)).hexdigest()}"

@@ -63,6 +63,12 @@ class MemoryCache:
     async def delete(self, key: str) -> None:
         self._remove(key)
 
+    async def clear(self, prefix: str = "") -> int:
+        doomed = [key for key in self._entries if key.startswith(prefix)]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
     def _remove(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:

@@ -77,6 +77,23 @@ class RedisCache:
         except (RedisError, OSError, TimeoutError) as exc:
             self._bypassed("delete", exc)
 
+    async def clear(self, prefix: str = "") -> int:
+        """Delete matching keys with SCAN + DEL in batches (no KEYS: it would block Redis)."""
+        deleted = 0
+        pattern = KEY_PREFIX + _glob_escape(prefix) + "*"
+        try:
+            batch: list[bytes] = []
+            async for key in self._redis.scan_iter(match=pattern, count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += await self._redis.delete(*batch)
+                    batch = []
+            if batch:
+                deleted += await self._redis.delete(*batch)
+        except (RedisError, OSError) as exc:
+            self._bypassed("clear", exc)
+        return deleted
+
     async def aclose(self) -> None:
         await self._redis.aclose()
 
@@ -91,3 +108,7 @@ class RedisCache:
                 type(exc).__name__,
                 exc,
             )
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

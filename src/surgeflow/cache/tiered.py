@@ -32,6 +32,10 @@ class TieredCache:
         await self.local.delete(key)
         await self.shared.delete(key)
 
+    async def clear(self, prefix: str = "") -> int:
+        local = await self.local.clear(prefix)
+        return max(local, await self.shared.clear(prefix))
+
     async def aclose(self) -> None:
         await self.local.aclose()
         await self.shared.aclose()

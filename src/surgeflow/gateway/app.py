@@ -7,6 +7,7 @@ layer on it costs throughput (see docs/decisions/0002-gateway-on-raw-asgi.md).
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,7 @@ class Gateway:
             ("GET", "/v1/models"): chat.models,
             ("GET", "/v1/workflows"): runs.list_workflows,
             ("GET", "/v1/admin/endpoints"): _admin_endpoints,
+            ("DELETE", "/v1/admin/cache"): _admin_clear_cache,
         }
         self._public: dict[tuple[str, str], Handler] = {
             ("GET", "/healthz"): _healthz,
@@ -164,14 +166,27 @@ class _ResponseTracker:
         await self._send(message)
 
 
-async def _admin_endpoints(service: Service, request: Request, send: Send) -> None:
+def _require_admin(service: Service, request: Request) -> None:
     if service.settings.auth.enabled and not service.keys.is_admin(request.key_id or ""):
         raise HTTPError(
             403,
             "permission_error",
             "this route needs an admin key (`surgeflow keys create --admin`)",
         )
+
+
+async def _admin_endpoints(service: Service, request: Request, send: Send) -> None:
+    _require_admin(service, request)
     await send_json(send, 200, {"object": "list", "data": service.models.snapshot()})
+
+
+async def _admin_clear_cache(service: Service, request: Request, send: Send) -> None:
+    """Invalidate cached answers: all, or those whose key starts with ``?prefix=`` (e.g.
+    ``chat:<key id>:`` for one tenant, ``chat:<key id>:<model>:`` for one of its models)."""
+    _require_admin(service, request)
+    prefix = urllib.parse.unquote(request.query("prefix") or "")
+    deleted = await service.cache.clear(prefix)
+    await send_json(send, 200, {"object": "cache.cleared", "prefix": prefix, "deleted": deleted})
 
 
 async def _healthz(service: Service, request: Request, send: Send) -> None:
