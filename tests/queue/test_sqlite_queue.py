@@ -238,7 +238,10 @@ async def test_two_queues_on_one_file_never_double_lease(tmp_path: Path) -> None
         )
     ids = [job_id for got in delivered.values() for job_id in got]
     assert len(ids) == len(set(ids)) == 300
-    assert all(delivered.values())  # every worker got work: they really competed
+    # Both databases handed out work, so the two really competed for the same rows. (Which
+    # worker of each wins is up to the scheduler; on a loaded machine one may take them all.)
+    assert any(delivered[w] for w in ("w0", "w2", "w4"))
+    assert any(delivered[w] for w in ("w1", "w3", "w5"))
 
 
 CHILD_SCRIPT = """
