@@ -124,7 +124,7 @@ async def test_a_dead_redis_is_bypassed_within_its_timeout(
         assert await cache.shared.get("k") is None  # down: a miss, not an error
         await cache.set("other", b"w")  # the write to Redis is skipped
         assert await cache.get("other") == b"w"  # the local tier still works
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 2.0  # not a connect timeout of seconds
         assert isinstance(cache.shared, RedisCache)
         assert cache.shared.errors >= 2
         assert "bypassing the shared tier" in caplog.text

@@ -78,7 +78,7 @@ async def test_a_hanging_endpoint_is_timed_out_and_retried_elsewhere() -> None:
                 *(client.chat(request(n), timeout_s=5) for n in range(6))
             )
             assert all(a.choices for a in answers)
-            assert time.monotonic() - started < 2.5
+            assert time.monotonic() - started < 4  # a hang would cost 5 s per call
         assert (await hanging.stats())["requests"] >= 1
 
 
@@ -131,7 +131,7 @@ async def test_hedging_answers_from_the_fast_endpoint_when_the_first_is_slow() -
             started = time.monotonic()
             for n in range(4):
                 await client.chat(request(n), timeout_s=10)
-            assert time.monotonic() - started < 1.5
+            assert time.monotonic() - started < 4  # unhedged: 4 x 2 s
             router = client.routers["m"]
             assert router.hedges >= 1
             assert router.hedge_wins >= 1
