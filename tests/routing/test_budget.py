@@ -11,17 +11,7 @@ from hypothesis import strategies as st
 
 from surgeflow.config import RetrySettings
 from surgeflow.routing.budget import RetryBudget, backoff_s
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.routing.clock import FakeClock
 
 
 def budget(clock: FakeClock, **fields: Any) -> RetryBudget:

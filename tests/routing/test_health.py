@@ -24,19 +24,9 @@ from surgeflow.routing.health import (
     HealthState,
     panic,
 )
+from tests.routing.clock import FakeClock
 
 HEALTHY, EJECTED, PROBING = HealthState.HEALTHY, HealthState.EJECTED, HealthState.PROBING
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def breaker(**fields: Any) -> BreakerSettings:

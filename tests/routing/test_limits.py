@@ -14,17 +14,7 @@ from hypothesis import strategies as st
 from surgeflow.config import EndpointSettings, SimulatedSettings
 from surgeflow.errors import Overloaded
 from surgeflow.routing.limits import EndpointLimits, TokenBucket
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.routing.clock import FakeClock
 
 
 def limits(clock: FakeClock | None = None, **fields: Any) -> EndpointLimits:

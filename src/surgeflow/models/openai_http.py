@@ -152,17 +152,7 @@ class OpenAIHTTPBackend:
 
     async def list_models(self, *, timeout_s: float | None = None) -> list[str]:
         """The model ids the endpoint serves (``GET /models``)."""
-        session = self._open_session()
-        with self._translate_errors(timeout_s):
-            async with session.get(
-                f"{self.base_url}/models",
-                headers=self._headers,
-                timeout=self._call_timeout(timeout_s),
-            ) as response:
-                payload = await response.read()
-                status, headers = response.status, response.headers
-        if status >= 400:
-            raise self._status_error(status, payload, headers)
+        payload = await self._get_models(timeout_s)
         try:
             return [info.id for info in msgspec.json.decode(payload, type=ModelList).data]
         except msgspec.DecodeError as exc:
@@ -174,6 +164,10 @@ class OpenAIHTTPBackend:
         The body is read but not parsed: a health check asks whether the server is up, and
         servers differ in what they list.
         """
+        await self._get_models(timeout_s)
+
+    async def _get_models(self, timeout_s: float | None) -> bytes:
+        """The body of ``GET /models``, or the surgeflow error its failure translates to."""
         session = self._open_session()
         with self._translate_errors(timeout_s):
             async with session.get(
@@ -185,6 +179,7 @@ class OpenAIHTTPBackend:
                 status, headers = response.status, response.headers
         if status >= 400:
             raise self._status_error(status, payload, headers)
+        return payload
 
     async def aclose(self) -> None:
         """Close the pooled connections (an injected session is left to its owner)."""
