@@ -210,10 +210,15 @@ async def test_real_time_lease_expiry(tmp_path: Path) -> None:
         assert await queue.stats() == QueueStats()
 
 
-async def drain(queue: SQLiteQueue, worker: str, delivered: list[str]) -> None:
-    """Lease and ack until no job is left anywhere (other workers' leases included)."""
+async def drain(queue: SQLiteQueue, worker: str, delivered: list[str], work_s: float = 0.0) -> None:
+    """Lease and ack until no job is left anywhere (other workers' leases included).
+
+    ``work_s`` is how long a worker holds its lease before the ack, as a real step would.
+    """
     while True:
         jobs = await queue.get(worker, lease_s=30, limit=4)
+        if jobs and work_s:
+            await asyncio.sleep(work_s)
         for job in jobs:
             await queue.ack(job, worker)
         delivered.extend(job.id for job in jobs)
@@ -232,14 +237,16 @@ async def test_two_queues_on_one_file_never_double_lease(tmp_path: Path) -> None
         delivered: dict[str, list[str]] = {f"w{i}": [] for i in range(6)}
         await asyncio.gather(
             *(
-                drain(q, w, got)
+                drain(q, w, got, work_s=0.005)
                 for (w, got), q in zip(delivered.items(), [one, two] * 3, strict=True)
             )
         )
     ids = [job_id for got in delivered.values() for job_id in got]
     assert len(ids) == len(set(ids)) == 300
-    # Both databases handed out work, so the two really competed for the same rows. (Which
-    # worker of each wins is up to the scheduler; on a loaded machine one may take them all.)
+    # Both databases handed out work, so the two really competed for the same rows. Without the
+    # simulated work, one connection's group commits can hold the write lock back to back while
+    # the other sleeps in SQLite's busy handler, and take every job; with it the lock is free
+    # between batches. (Which worker of each database wins stays up to the scheduler.)
     assert any(delivered[w] for w in ("w0", "w2", "w4"))
     assert any(delivered[w] for w in ("w1", "w3", "w5"))
 
