@@ -92,12 +92,26 @@ def machine() -> dict[str, Any]:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "code": code_state(),
         "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
         "cpu": model,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def code_state() -> dict[str, Any]:
+    """The commit measured, and the files under ``src/`` that differed from it at the start."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=BENCH_DIR.parent, capture_output=True, text=True, check=False
+        )
+        return done.stdout.rstrip("\n")
+
+    changed = [line.strip() for line in git("status", "--porcelain", "--", "src").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "src_uncommitted": changed}
 
 
 def median(values: Sequence[float]) -> float:

@@ -7,22 +7,32 @@
 - ``gateway``: surgeflow's gateway through its own server code, auth on, one model whose only
   endpoint is the upstream;
 - ``pyload``: a closed-loop aiohttp load generator, used only when ``wrk`` is missing.
+
+``redis_server()`` is not a role: it runs a private ``redis-server`` for ``cache_hit.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import itertools
 import json
+import os
+import random
+import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import httptools
 import uvloop
+from _common import child_process, free_port
 
 MODEL = "bench"
 REPLY = {
@@ -165,8 +175,20 @@ def serve_bare(port: int, upstream: str) -> None:
     )
 
 
-async def serve_gateway(port: int, upstream: str, api_key: str) -> None:
-    from surgeflow.config import EndpointSettings, ModelSettings, Settings, StoreSettings
+async def serve_gateway(
+    port: int, upstream: str, api_key: str, admin_key: str = "", observability: str = "default"
+) -> None:
+    """``observability``: "default" as before (metrics on, logging not started), "on" (metrics,
+    JSON logs with an access line per request, written to /dev/null by the writer thread) or
+    "off" (no request metrics, no access log)."""
+    from surgeflow.config import (
+        EndpointSettings,
+        LogSettings,
+        ModelSettings,
+        ServerSettings,
+        Settings,
+        StoreSettings,
+    )
     from surgeflow.server import running_gateway
     from surgeflow.service import Service
 
@@ -175,15 +197,74 @@ async def serve_gateway(port: int, upstream: str, api_key: str) -> None:
             models=[ModelSettings(MODEL, [EndpointSettings(url=upstream.rstrip("/") + "/v1")])],
             store=StoreSettings(url=f"sqlite:///{Path(tmp) / 'gateway.db'}"),
             workflows=[],
+            server=ServerSettings(metrics=observability != "off"),
+            log=LogSettings(access=observability != "off"),
         )
         assert settings.auth.enabled
-        service = Service(settings, workflows={}, api_keys=[api_key], embedded_worker=False)
+        admin_keys = [admin_key] if admin_key else None
+        service = Service(
+            settings,
+            workflows={},
+            api_keys=[api_key],
+            admin_keys=admin_keys,
+            embedded_worker=False,
+        )
         async with service, running_gateway(service, "127.0.0.1", port) as url:
             print(f"gateway on {url}", flush=True)
             await _until_terminated()
 
 
-async def pyload(url: str, body: bytes, api_key: str, connections: int, duration_s: float) -> None:
+def hot_prompt(index: int) -> str:
+    """The ``index``-th of the prompts ``cache_gateway.py`` warms into the cache."""
+    return f"Hot question {index}: what is the refund window for order {index}?"
+
+
+def fresh_prompt(nonce: str, client: int, count: int) -> str:
+    """A prompt no one has sent before: ``nonce`` is new for every load run."""
+    return f"Fresh question {nonce}-{client}-{count}: what is the refund window for order {count}?"
+
+
+PROMPT_MARK = b"__PROMPT__"
+
+
+@dataclasses.dataclass
+class HotMix:
+    """pyload's bodies for ``cache_gateway.py``: a hot prompt with probability ``rate``, else a
+    fresh one; ``PROMPT_MARK`` in the body template is replaced by the prompt."""
+
+    rate: float
+    prompts: int
+    nonce: str
+    sent: dict[str, int] = dataclasses.field(default_factory=lambda: {"hot": 0, "fresh": 0})
+    # What the gateway's X-Surgeflow-Cache header said: hit, miss, other, nothing (no header).
+    said: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"hit": 0, "miss": 0, "other": 0, "nothing": 0}
+    )
+
+    def body(
+        self, template: bytes, rng: random.Random, client: int, counter: Iterator[int]
+    ) -> bytes:
+        if rng.random() < self.rate:
+            self.sent["hot"] += 1
+            prompt = hot_prompt(rng.randrange(self.prompts))
+        else:
+            self.sent["fresh"] += 1
+            prompt = fresh_prompt(self.nonce, client, next(counter))
+        return template.replace(PROMPT_MARK, prompt.encode())
+
+    def heard(self, header: str | None) -> None:
+        kind = "nothing" if header is None else header if header in ("hit", "miss") else "other"
+        self.said[kind] += 1
+
+
+async def pyload(
+    url: str,
+    body: bytes,
+    api_key: str,
+    connections: int,
+    duration_s: float,
+    mix: HotMix | None = None,
+) -> None:
     """Closed loop: ``connections`` clients, each sending its next request when one returns."""
     latencies_us: list[float] = []
     errors = {"status": 0, "connect": 0}
@@ -193,26 +274,53 @@ async def pyload(url: str, body: bytes, api_key: str, connections: int, duration
         started = time.perf_counter()
         deadline = started + duration_s
 
-        async def client() -> None:
+        async def client(index: int) -> None:
+            rng, counter = random.Random(index), itertools.count()
             while (begin := time.perf_counter()) < deadline:
+                data = body if mix is None else mix.body(body, rng, index, counter)
                 try:
-                    async with session.post(url, data=body, headers=headers) as response:
+                    async with session.post(url, data=data, headers=headers) as response:
                         await response.read()
+                        if mix is not None:
+                            mix.heard(response.headers.get("x-surgeflow-cache"))
                         errors["status"] += response.status != 200
                 except aiohttp.ClientError:
                     errors["connect"] += 1
                 latencies_us.append((time.perf_counter() - begin) * 1e6)
 
-        await asyncio.gather(*(client() for _ in range(connections)))
+        await asyncio.gather(*(client(i) for i in range(connections)))
         elapsed_us = (time.perf_counter() - started) * 1e6
     latencies_us.sort()
 
     def pct(q: float) -> float:
         return latencies_us[min(len(latencies_us) - 1, int(q * len(latencies_us)))]
 
-    stats = {"requests": len(latencies_us), "duration_us": elapsed_us, **errors}
+    stats: dict[str, float] = {"requests": len(latencies_us), "duration_us": elapsed_us, **errors}
+    if mix is not None:
+        stats.update(hot_sent=mix.sent["hot"], fresh_sent=mix.sent["fresh"])
+        stats.update({f"said_{kind}": count for kind, count in mix.said.items()})
     stats.update(p50_us=pct(0.5), p90_us=pct(0.9), p99_us=pct(0.99), max_us=latencies_us[-1])
     print("LOAD_JSON " + json.dumps(stats), flush=True)
+
+
+@contextlib.contextmanager
+def redis_server(cpu: int | None = None) -> Iterator[str]:
+    """A private ``redis-server`` on a free loopback port, no persistence, in a temp dir; its URL.
+
+    ``cpu``: pinned to that CPU (with ``taskset``). Stopped when the block ends, error or not.
+    Raises `RuntimeError` when it is not installed.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", tmp]
+        if cpu is not None:
+            command = ["taskset", "-c", str(cpu), *command]
+        with child_process("redis-server", command, port=port):
+            yield f"redis://127.0.0.1:{port}/0"
 
 
 async def _until_terminated() -> None:
@@ -233,16 +341,33 @@ def main() -> None:
     parser.add_argument("--body", default="{}", help="pyload: the request body")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--admin-key", default="", help="gateway: an admin key too")
+    parser.add_argument(
+        "--observability", choices=["default", "on", "off"], default="default", help="gateway"
+    )
+    parser.add_argument("--hot-rate", type=float, default=-1.0, help="pyload: see HotMix")
+    parser.add_argument("--hot-prompts", type=int, default=100, help="pyload: see HotMix")
+    parser.add_argument("--nonce", default="", help="pyload: see HotMix")
     args = parser.parse_args()
     if args.role == "upstream":
         uvloop.run(serve_upstream(args.port))
     elif args.role == "bare":
         serve_bare(args.port, args.upstream)
     elif args.role == "gateway":
-        uvloop.run(serve_gateway(args.port, args.upstream, args.api_key))
+        if args.observability == "on":
+            from surgeflow.logs import Logging
+
+            devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the process's life
+            Logging(level="info", format="json", stream=devnull).start()
+        uvloop.run(
+            serve_gateway(
+                args.port, args.upstream, args.api_key, args.admin_key, args.observability
+            )
+        )
     else:
-        load = pyload(args.url, args.body.encode(), args.api_key, args.connections, args.duration_s)
-        uvloop.run(load)
+        mix = None if args.hot_rate < 0 else HotMix(args.hot_rate, args.hot_prompts, args.nonce)
+        body = args.body.encode()
+        uvloop.run(pyload(args.url, body, args.api_key, args.connections, args.duration_s, mix))
 
 
 if __name__ == "__main__":

@@ -174,8 +174,9 @@ async def test_slow_factor_scales_latency(mock: MockLLM) -> None:
     await mock.configure(slow_factor=5)
     slow_s = await fastest_s()
 
-    assert normal_s >= 0.04
-    assert slow_s >= 0.2  # 5 x 40 ms
+    # The event loop's timers may fire a little early against perf_counter: a 5 % margin.
+    assert normal_s >= 0.038
+    assert slow_s >= 0.19  # 5 x 40 ms
     assert slow_s > 2 * normal_s  # 5x in theory; the margin is for a busy machine
 
 

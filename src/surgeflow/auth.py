@@ -22,7 +22,7 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_key(name: str, *, admin: bool = False) -> tuple[str, ApiKey]:
+def new_key(name: str, *, admin: bool = False, cache: bool = True) -> tuple[str, ApiKey]:
     """A fresh secret and the record to store (which holds only its digest)."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     record = ApiKey(
@@ -31,6 +31,7 @@ def new_key(name: str, *, admin: bool = False) -> tuple[str, ApiKey]:
         hash=hash_secret(secret),
         created_at=time.time(),
         admin=admin,
+        cache=cache,
     )
     return secret, record
 
@@ -59,6 +60,7 @@ class KeyRing:
         self._admin_bootstrap = set(admin.values())
         self._by_hash: dict[str, str] = dict(self._bootstrap)
         self._admins: set[str] = set(self._admin_bootstrap)
+        self._uncached: frozenset[str] = frozenset()
         self._refresher: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -74,12 +76,17 @@ class KeyRing:
     def is_admin(self, key_id: str) -> bool:
         return key_id in self._admins
 
+    def caches(self, key_id: str) -> bool:
+        """False for a key created with ``--no-cache``: its requests bypass the cache."""
+        return key_id not in self._uncached
+
     async def refresh(self) -> None:
         keys = [key for key in await self._store.list_api_keys() if key.revoked_at is None]
         by_hash = dict(self._bootstrap)
         by_hash.update({key.hash: key.id for key in keys})
         self._by_hash = by_hash
         self._admins = self._admin_bootstrap | {key.id for key in keys if key.admin}
+        self._uncached = frozenset(key.id for key in keys if not key.cache)
 
     async def start(self) -> None:
         await self.refresh()

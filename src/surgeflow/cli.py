@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import signal
-import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -19,6 +19,7 @@ from surgeflow import __version__
 from surgeflow.auth import new_key
 from surgeflow.config import Settings, load_settings
 from surgeflow.errors import SurgeflowError
+from surgeflow.logs import Logging
 
 app = typer.Typer(
     help="Serve AI agent workflows to many concurrent users, and tune how they are served.",
@@ -56,12 +57,29 @@ def _settings(config: Path | None) -> Settings:
     except SurgeflowError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    _start_logging(settings)
     return settings
+
+
+_logging: Logging | None = None
+
+
+def _stop_logging() -> None:
+    if _logging is not None:
+        _logging.stop()
+
+
+def _start_logging(settings: Settings) -> None:
+    """One `Logging` per process: a second command in the same process (tests) replaces it."""
+    global _logging
+    if _logging is not None:
+        _logging.stop()
+    else:
+        atexit.register(_stop_logging)  # write what is still buffered
+    _logging = Logging(
+        level=settings.log.level, format=settings.log.format, prompts=settings.log.prompts
+    )
+    _logging.start()
 
 
 @app.command()
@@ -199,15 +217,29 @@ def cache_clear(
     url: Annotated[str, typer.Option(help="The gateway's base URL.")] = "http://127.0.0.1:8000",
     key: Annotated[str, typer.Option(envvar="SURGEFLOW_ADMIN_KEY", help="An admin API key.")] = "",
     prefix: Annotated[
-        str, typer.Option(help="Only keys starting with this (chat:<key id>:<model>:).")
-    ] = "",
+        str | None, typer.Option(help="Only keys starting with this (chat:<key id>:<model>:).")
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="Only entries stored with this tag (X-Surgeflow-Cache-Tags).")
+    ] = None,
+    cache_key: Annotated[
+        str | None, typer.Option(help="Only the entry with this exact key.")
+    ] = None,
 ) -> None:
-    """Invalidate cached answers on a running gateway (all of them, or by key prefix)."""
+    """Invalidate cached answers on a running gateway: all, or by prefix, tag or cache key.
+
+    --key is the admin API key; an entry's own key goes in --cache-key.
+    """
     import aiohttp
+
+    selectors = {"prefix": prefix, "tag": tag, "key": cache_key}
+    params = {name: value for name, value in selectors.items() if value is not None}
+    if len(params) > 1:
+        console.print("[red]error:[/red] give at most one of --prefix, --tag and --cache-key")
+        raise typer.Exit(2)
 
     async def main() -> None:
         headers = {"Authorization": f"Bearer {key}"}
-        params = {"prefix": prefix} if prefix else {}
         try:
             async with (
                 aiohttp.ClientSession(headers=headers) as http,
@@ -229,6 +261,9 @@ def cache_clear(
 def keys_create(
     name: Annotated[str, typer.Option(help="Who the key is for.")] = "default",
     admin: Annotated[bool, typer.Option(help="May also call the /v1/admin routes.")] = False,
+    cache: Annotated[
+        bool, typer.Option(help="--no-cache: this key's requests never read or write the cache.")
+    ] = True,
     config: ConfigOption = None,
 ) -> None:
     """Create an API key; the secret is printed once and only its digest is stored."""
@@ -236,7 +271,7 @@ def keys_create(
 
     async def main() -> None:
         async with _store(settings) as store:
-            secret, record = new_key(name, admin=admin)
+            secret, record = new_key(name, admin=admin, cache=cache)
             await store.add_api_key(record)
         console.print(f"created key [bold]{record.id}[/bold] ({name}); keep this secret:")
         print(secret)
@@ -252,12 +287,13 @@ def keys_list(config: ConfigOption = None) -> None:
     async def main() -> None:
         async with _store(settings) as store:
             keys = await store.list_api_keys()
-        table = Table("id", "name", "admin", "created", "revoked")
+        table = Table("id", "name", "admin", "cache", "created", "revoked")
         for key in keys:
             table.add_row(
                 key.id,
                 key.name,
                 "yes" if key.admin else "",
+                "" if key.cache else "off",
                 _when(key.created_at),
                 _when(key.revoked_at) if key.revoked_at else "",
             )

@@ -14,6 +14,7 @@ from surgeflow.errors import ConfigError
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -22,6 +23,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_body_bytes: PositiveInt = 1024 * 1024
     invoke_timeout_s: Positive = 30.0
     upstream_timeout_s: Positive = 60.0
+    metrics: bool = True  # count requests for GET /metrics (false: the route stays, without them)
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,6 +110,37 @@ class ActiveCheckSettings(msgspec.Struct, forbid_unknown_fields=True):
     timeout_s: Positive = 2.0
 
 
+class SemanticSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The semantic cache for one model (off by default; needs the ``semantic`` extra).
+
+    A prompt whose last user message means the same as an earlier one's, in the same
+    conversation, is answered with that one's cached answer when their similarity reaches
+    ``threshold`` and every guard agrees (docs/decisions/0007).
+    """
+
+    enabled: bool = False
+    threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.60
+
+
+class ModelCacheSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """How a model's answers are cached (for the requests that may be cached at all).
+
+    An answer is fresh for ``ttl_s`` (None: the global ``cache.ttl_s``). For ``stale_s`` more it
+    is still served, marked stale, while one background call replaces it.
+    """
+
+    ttl_s: Positive | None = None
+    stale_s: NonNegative = 0.0
+    enabled: bool = True
+    # Also cache requests that sample (temperature above 0), as X-Surgeflow-Cache: on does for
+    # one request: identical requests then get the same answer.
+    sampled: bool = False
+    # "key": each API key has its own answers; "shared": every key reads and writes the same
+    # ones (a public FAQ model, say). Never share a model whose prompts carry private data.
+    scope: Literal["key", "shared"] = "key"
+    semantic: SemanticSettings = msgspec.field(default_factory=SemanticSettings)
+
+
 class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     endpoints: list[EndpointSettings]
@@ -125,6 +158,10 @@ class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
     health: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     active_checks: ActiveCheckSettings = msgspec.field(default_factory=ActiveCheckSettings)
     fallbacks: list[str] = msgspec.field(default_factory=list)
+    # What 1,000 tokens cost (any currency), for the estimated-cost metric; 0: not reported.
+    price_per_1k_input: NonNegative = 0.0
+    price_per_1k_output: NonNegative = 0.0
+    cache: ModelCacheSettings = msgspec.field(default_factory=ModelCacheSettings)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -161,15 +198,25 @@ class WorkerSettings(msgspec.Struct, forbid_unknown_fields=True):
     retry_backoff_s: Positive = 1.0
 
 
+class SemanticIndexSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The semantic index every semantic-cached model shares (per process)."""
+
+    max_entries: PositiveInt = 100_000
+    threads: PositiveInt | None = None  # onnxruntime's intra-op threads; None: one per core
+
+
 class CacheSettings(msgspec.Struct, forbid_unknown_fields=True):
     url: str = "memory://"
     ttl_s: Positive = 600.0
     max_bytes: PositiveInt = 64 * 1024 * 1024
+    semantic: SemanticIndexSettings = msgspec.field(default_factory=SemanticIndexSettings)
 
 
 class LogSettings(msgspec.Struct, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: console in a terminal, else json
+    access: bool = True  # one line per gateway request (route, status, duration)
+    prompts: bool = False  # write prompt and answer bodies into log lines (off: redacted)
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True):

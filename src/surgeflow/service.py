@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from surgeflow.auth import KeyRing
 from surgeflow.cache.base import Cache
@@ -19,6 +19,7 @@ from surgeflow.cache.memory import MemoryCache
 from surgeflow.config import EndpointSettings, Settings
 from surgeflow.errors import ConfigError, NotFound
 from surgeflow.events import EventHub, RunRecorder
+from surgeflow.metrics import Metrics, SemanticCollector
 from surgeflow.models.base import ModelBackend
 from surgeflow.models.client import ModelClient
 from surgeflow.models.openai_http import OpenAIHTTPBackend
@@ -29,6 +30,9 @@ from surgeflow.store.base import Run, RunStatus, Store
 from surgeflow.store.sqlite import SQLiteStore
 from surgeflow.worker import Worker
 from surgeflow.workflow import Workflow
+
+if TYPE_CHECKING:
+    from surgeflow.cache.semantic import SemanticCache
 
 log = logging.getLogger("surgeflow.service")
 
@@ -58,11 +62,20 @@ class Service:
         self.store: Store = store
         self.queue: Queue = queue
         self.cache: Cache = cache or _build_cache(settings)
-        self.models = models or build_model_client(settings, cache=self.cache)
+        # The semantic index, when a model enables it and no client was passed in.
+        self.semantic: SemanticCache | None = None
+        if models is None:
+            self.semantic = _build_semantic(settings)
+        self.models = models or build_model_client(
+            settings, cache=self.cache, semantic=self.semantic
+        )
         self.workflows: dict[str, Workflow] = dict(
             workflows if workflows is not None else load_workflows(settings)
         )
         self.hub = EventHub()
+        self.metrics = Metrics(self)  # GET /metrics; other parts may register collectors here
+        if self.semantic is not None:
+            self.metrics.register(SemanticCollector(self.semantic))
         if api_keys is None:  # keys to accept without a stored record, e.g. for a first deploy
             api_keys = os.environ.get("SURGEFLOW_API_KEYS", "").split(",")
         if admin_keys is None:
@@ -120,6 +133,11 @@ class Service:
         await _open(self.store)
         await _open(self.queue)
         await self.keys.start()
+        start_cache = getattr(self.cache, "start", None)
+        if start_cache is not None:
+            await start_cache()  # a tiered cache listens for other processes' invalidations
+        if self.semantic is not None:
+            await self.semantic.start()  # load the model now, not on the first request
         self.models.start()
         if not self.settings.auth.enabled:
             log.warning("authentication is OFF (auth.enabled: false): anyone can call this gateway")
@@ -136,6 +154,8 @@ class Service:
                 await self._worker_task
         await self.keys.aclose()
         await self.models.aclose()
+        if self.semantic is not None:
+            await self.semantic.aclose()
         await self.cache.aclose()
         await self.queue.aclose()
         await self.store.aclose()
@@ -265,7 +285,23 @@ def build_backend(model: str, index: int, endpoint: EndpointSettings) -> ModelBa
     )
 
 
-def build_model_client(settings: Settings, *, cache: Cache | None = None) -> ModelClient:
+def _build_semantic(settings: Settings) -> SemanticCache | None:
+    """The semantic index, if any model enables ``cache.semantic`` (needs the semantic extra)."""
+    if not any(m.cache.enabled and m.cache.semantic.enabled for m in settings.models):
+        return None
+    try:
+        from surgeflow.cache.semantic import OnnxEmbedder, SemanticCache
+    except ImportError:
+        raise ConfigError(
+            "cache.semantic needs the semantic extra: pip install 'surgeflow[semantic]'"
+        ) from None
+    index = settings.cache.semantic
+    return SemanticCache(OnnxEmbedder(threads=index.threads), max_entries=index.max_entries)
+
+
+def build_model_client(
+    settings: Settings, *, cache: Cache | None = None, semantic: SemanticCache | None = None
+) -> ModelClient:
     routes = {
         model.name: [build_backend(model.name, i, ep) for i, ep in enumerate(model.endpoints)]
         for model in settings.models
@@ -275,6 +311,7 @@ def build_model_client(settings: Settings, *, cache: Cache | None = None) -> Mod
         settings={model.name: model for model in settings.models},
         cache=cache,
         cache_ttl_s=settings.cache.ttl_s,
+        semantic=semantic,
     )
 
 

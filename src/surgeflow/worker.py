@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from surgeflow import logs
 from surgeflow.errors import NotFound, StepError, ValidationError
 from surgeflow.events import EventHub, RunRecorder
 from surgeflow.queue.base import Job, Queue
@@ -218,6 +219,7 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _process(self, job: Job) -> None:
+        logs.bind(run_id=job.run_id)  # this task's log lines name the run
         recorder = RunRecorder(self.store, job.run_id, self.hub)
         try:
             run = await self.store.get_run(job.run_id)

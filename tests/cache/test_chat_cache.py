@@ -25,8 +25,15 @@ def test_only_deterministic_requests_have_a_key() -> None:
     assert chat_cache_key(request(temperature=0.7), scope="a") is None
     assert chat_cache_key(request(), scope="a") is None  # no temperature: the model's default
     assert chat_cache_key(request(), scope="a", opt_in=True) is not None
-    assert chat_cache_key(request(temperature=0, stream=True), scope="a") is None
     assert chat_cache_key(request(temperature=0, n=2), scope="a") is None
+
+
+def test_streamed_and_plain_requests_share_a_key() -> None:
+    plain = chat_cache_key(request(temperature=0), scope="a")
+    assert plain is not None
+    assert chat_cache_key(request(temperature=0, stream=True), scope="a") == plain
+    options = {"include_usage": True}
+    assert chat_cache_key(request(temperature=0, stream_options=options), scope="a") == plain
 
 
 def test_the_key_covers_what_changes_the_answer() -> None:

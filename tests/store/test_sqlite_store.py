@@ -213,3 +213,10 @@ async def test_store_and_queue_share_a_database(tmp_path: Path) -> None:
         assert await SQLiteStore(db).get_run(run.id) == run
         await queue.aclose()
         assert "state=open" in repr(db)
+
+
+async def test_an_api_key_may_opt_out_of_the_cache(store: SQLiteStore) -> None:
+    opted_out = ApiKey(id="key_n", name="n", hash="n" * 64, created_at=1.0, cache=False)
+    await store.add_api_key(opted_out)
+    await store.add_api_key(ApiKey(id="key_y", name="y", hash="y" * 64, created_at=2.0))
+    assert {k.id: k.cache for k in await store.list_api_keys()} == {"key_n": False, "key_y": True}

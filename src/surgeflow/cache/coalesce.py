@@ -22,7 +22,8 @@ class Coalescer(Generic[T]):
 
     The call runs in a task of its own, so the caller that started it can be cancelled without
     stranding the others: the call is cancelled only when every caller waiting on it is gone.
-    Every caller gets the call's result, or its exception.
+    Every caller gets the call's result, or its exception. ``calls`` counts the calls made (one
+    per leader), ``coalesced`` the callers that waited on another's call.
     """
 
     def __init__(self) -> None:
@@ -35,6 +36,9 @@ class Coalescer(Generic[T]):
             f"<Coalescer in_flight={len(self._flights)} calls={self.calls} "
             f"coalesced={self.coalesced}>"
         )
+
+    def stats(self) -> dict[str, int | float]:
+        return {"leaders": self.calls, "coalesced": self.coalesced, "in_flight": len(self._flights)}
 
     async def run(self, key: str, call: Callable[[], Awaitable[T]]) -> T:
         flight = self._flights.get(key)
@@ -52,6 +56,13 @@ class Coalescer(Generic[T]):
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
                 flight.task.cancel()  # nobody wants the answer any more
+
+    async def aclose(self) -> None:
+        """Cancel every call in flight (its waiters get `asyncio.CancelledError`) and wait."""
+        tasks = [flight.task for flight in self._flights.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _land(self, key: str, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:

@@ -7,11 +7,15 @@ layer on it costs throughput (see docs/decisions/0002-gateway-on-raw-asgi.md).
 from __future__ import annotations
 
 import logging
+import re
+import secrets
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from surgeflow import errors
+from surgeflow import errors, logs
+from surgeflow.cache.keys import validate_tags
 from surgeflow.gateway import chat, runs
 from surgeflow.gateway.http import (
     ClientGone,
@@ -23,10 +27,12 @@ from surgeflow.gateway.http import (
     Send,
     http_error,
     lifespan,
+    send_bytes,
     send_error,
     send_json,
 )
 from surgeflow.gateway.openapi import openapi_document
+from surgeflow.metrics import METRICS_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from surgeflow.service import Service
@@ -55,7 +61,24 @@ class Gateway:
             ("GET", "/healthz"): _healthz,
             ("GET", "/readyz"): _readyz,
             ("GET", "/openapi.json"): _openapi,
+            ("GET", "/metrics"): _metrics,
         }
+        # The route label of each handler's requests in the metrics: a template, never a path
+        # with an id in it.
+        self._templates: dict[Handler, str] = {
+            handler: path for (_, path), handler in (self._exact | self._public).items()
+        }
+        self._templates.update(
+            {
+                runs.invoke: "/v1/workflows/{name}/invoke",
+                runs.submit: "/v1/workflows/{name}/runs",
+                runs.get_run: "/v1/runs/{run_id}",
+                runs.cancel_run: "/v1/runs/{run_id}",
+                runs.run_events: "/v1/runs/{run_id}/events",
+            }
+        )
+        self._stats = service.metrics.requests if service.settings.server.metrics else None
+        self._access = service.settings.log.access
 
     def __repr__(self) -> str:
         return f"<Gateway auth={'on' if self.auth_enabled else 'off'} service={self.service!r}>"
@@ -66,11 +89,19 @@ class Gateway:
                 await lifespan(receive, send)
             return
         request = Request(scope, receive)
-        sent = _ResponseTracker(send)
+        request_id = _request_id(request)
+        sent = _ResponseTracker(send, request_id)
+        context = logs.bind_request(request_id)
+        stats = self._stats
+        if stats is not None:
+            stats.in_flight += 1
+        started = time.perf_counter()
+        route = "unmatched"
         try:
             handler = self._route(request)
             if handler is None:
                 return await send_error(sent, self._no_route(request))
+            route = self._templates.get(handler, "other")
             if request.key_id is None and self.auth_enabled:
                 handler = self._authenticate(request, handler)
             await handler(self.service, request, sent)
@@ -89,6 +120,19 @@ class Gateway:
                     sent,
                     HTTPError(500, "internal_error", "the gateway failed; the error was logged"),
                 )
+        finally:
+            # 499: the client went away before a response started (nginx's convention).
+            status = sent.status or 499
+            elapsed = time.perf_counter() - started
+            if stats is not None:
+                stats.in_flight -= 1
+                stats.observe(route, scope["method"], status, elapsed)
+            if self._access:
+                logs.access(
+                    f"{scope['method']} {scope['path']} {status}",
+                    {"route": route, "status": status, "duration_ms": elapsed * 1000},
+                )
+            logs.unbind(context)
 
     def _route(self, request: Request) -> Handler | None:
         method: str = request.scope["method"]
@@ -149,21 +193,41 @@ class Gateway:
         if key_id is None:
             raise HTTPError(401, "authentication_error", "unknown or revoked API key")
         request.key_id = key_id
+        logs.bind(key_id=key_id)
         return handler
 
 
 class _ResponseTracker:
-    """Wraps ``send`` to know whether the response has started (then no error body can follow)."""
+    """Wraps ``send`` to know whether the response has started (then no error body can follow)
+    and with which status."""
 
-    __slots__ = ("_send", "started")
+    __slots__ = ("_request_id", "_send", "started", "status")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, request_id: bytes) -> None:
         self._send = send
+        self._request_id = request_id
         self.started = False
+        self.status = 0
 
     async def __call__(self, message: Message) -> None:
-        self.started = True
+        if not self.started:
+            self.started = True
+            self.status = message.get("status", 0)
+            # Every response names its request, as the log lines about it do.
+            headers = [*message.get("headers", ()), (b"x-request-id", self._request_id)]
+            message = {**message, "headers": headers}
         await self._send(message)
+
+
+def _request_id(request: Request) -> bytes:
+    """The caller's X-Request-Id when it is a sane token, else a new one."""
+    given = request.header(b"x-request-id")
+    if given is not None and 0 < len(given) <= 64 and _TOKEN.fullmatch(given):
+        return given
+    return secrets.token_hex(8).encode()
+
+
+_TOKEN = re.compile(rb"[A-Za-z0-9._:-]+")
 
 
 def _require_admin(service: Service, request: Request) -> None:
@@ -181,12 +245,41 @@ async def _admin_endpoints(service: Service, request: Request, send: Send) -> No
 
 
 async def _admin_clear_cache(service: Service, request: Request, send: Send) -> None:
-    """Invalidate cached answers: all, or those whose key starts with ``?prefix=`` (e.g.
-    ``chat:<key id>:`` for one tenant, ``chat:<key id>:<model>:`` for one of its models)."""
+    """Invalidate cached answers: one by ``?key=``, those stored with ``?tag=``, those whose key
+    starts with ``?prefix=`` (``chat:<key id>:`` for one tenant, ``chat:<key id>:<model>:`` for
+    one of its models), or, with none of them, all."""
     _require_admin(service, request)
-    prefix = urllib.parse.unquote(request.query("prefix") or "")
-    deleted = await service.cache.clear(prefix)
-    await send_json(send, 200, {"object": "cache.cleared", "prefix": prefix, "deleted": deleted})
+    query: dict[str, list[str]] = {}
+    for pair in request.scope.get("query_string", b"").decode("latin-1").split("&"):
+        name, _, value = pair.partition("=")  # unquoted as before: a '+' stays a '+'
+        query.setdefault(urllib.parse.unquote(name), []).append(urllib.parse.unquote(value))
+    given = [name for name in ("key", "tag", "prefix") if name in query]
+    if len(given) > 1 or any(len(query[name]) > 1 for name in given):
+        raise HTTPError(
+            400,
+            "invalid_request_error",
+            "give exactly one of ?key=, ?tag= or ?prefix= (or none, to clear everything)",
+        )
+    selector = given[0] if given else "prefix"
+    value = query[selector][0] if given else ""
+    if selector == "key":
+        deleted = int(await service.cache.delete(value))
+    elif selector == "tag":
+        try:
+            validate_tags((value,))
+        except ValueError as exc:
+            raise HTTPError(400, "invalid_request_error", str(exc)) from None
+        deleted = await service.cache.invalidate_tag(value)
+    else:
+        deleted = await service.cache.clear(value)
+    await send_json(send, 200, {"object": "cache.cleared", selector: value, "deleted": deleted})
+
+
+async def _metrics(service: Service, request: Request, send: Send) -> None:
+    """Prometheus text exposition of this service's metrics (no key: keep the port private)."""
+    await service.metrics.refresh()
+    body = service.metrics.render()
+    await send_bytes(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE.encode())])
 
 
 async def _healthz(service: Service, request: Request, send: Send) -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from surgeflow import errors
+from surgeflow.cache.keys import parse_tags
 from surgeflow.gateway.http import (
+    JSON_HEADERS,
     SSE_HEADERS,
+    HTTPError,
     Request,
     Send,
     cancelled_on_disconnect,
@@ -17,8 +21,8 @@ from surgeflow.gateway.http import (
     send_bytes,
     send_error,
 )
-from surgeflow.models.client import CacheMode
-from surgeflow.models.types import ChatRequest, ModelInfo, ModelList
+from surgeflow.models.client import CacheMode, CacheStatus
+from surgeflow.models.types import ChatChunk, ChatRequest, ModelInfo, ModelList
 from surgeflow.routing.base import RouteKey
 
 if TYPE_CHECKING:
@@ -27,6 +31,11 @@ if TYPE_CHECKING:
 _encode = msgspec.json.encode
 _DONE = b"data: [DONE]\n\n"
 _PREFIX_CHARS = 256
+# How the cache answered, told to the client: X-Surgeflow-Cache: hit | stale | miss | bypass.
+CACHE_STATUS_HEADER = b"x-surgeflow-cache"
+_STATUSES: tuple[CacheStatus, ...] = ("hit", "stale", "semantic", "miss", "bypass")
+_JSON_HEADERS = {s: [*JSON_HEADERS, (CACHE_STATUS_HEADER, s.encode())] for s in _STATUSES}
+_SSE_HEADERS = {s: [*SSE_HEADERS, (CACHE_STATUS_HEADER, s.encode())] for s in _STATUSES}
 
 
 async def completions(service: Service, request: Request, send: Send) -> None:
@@ -37,16 +46,22 @@ async def completions(service: Service, request: Request, send: Send) -> None:
         raise errors.ValidationError("'messages' must hold at least one message")
     timeout_s = service.settings.server.upstream_timeout_s
     key = _route_key(request, chat_request)
+    mode = _cache_mode(request)
+    if request.key_id is not None and not service.keys.caches(request.key_id):
+        mode = "bypass"  # the key was created with --no-cache
+    tags = _cache_tags(request)
     if not chat_request.stream:
-        mode = _cache_mode(request)
         async with cancelled_on_disconnect(request):
-            response = await service.models.chat(
-                chat_request, key=key, timeout_s=timeout_s, cache=mode
+            response, status = await service.models.chat_with_status(
+                chat_request, key=key, timeout_s=timeout_s, cache=mode, tags=tags
             )
-        await send_bytes(send, 200, _encode(response))
+        await send_bytes(send, 200, _encode(response), _JSON_HEADERS[status])
         return
     async with cancelled_on_disconnect(request):
-        await _stream(service, chat_request, key, send, timeout_s)
+        chunks, status = await service.models.stream_with_status(
+            chat_request, key=key, timeout_s=timeout_s, cache=mode, tags=tags
+        )
+        await _stream(chunks, _SSE_HEADERS[status], send)
 
 
 def _cache_mode(request: Request) -> CacheMode:
@@ -55,9 +70,23 @@ def _cache_mode(request: Request) -> CacheMode:
     control = request.header(b"cache-control")
     if control is not None and (b"no-store" in control or b"no-cache" in control):
         return "bypass"
-    if request.header(b"x-surgeflow-cache") == b"on":
+    if request.header(CACHE_STATUS_HEADER) == b"on":
         return "opt_in"
     return "auto"
+
+
+def _cache_tags(request: Request) -> tuple[str, ...]:
+    """``X-Surgeflow-Cache-Tags: faq,pricing-v2``: what an answer stored now can be invalidated
+    by (``DELETE /v1/admin/cache?tag=faq``)."""
+    header = request.header(b"x-surgeflow-cache-tags")
+    if header is None:
+        return ()
+    try:
+        return parse_tags(header.decode("latin-1"))
+    except ValueError as exc:
+        raise HTTPError(
+            400, "invalid_request_error", f"bad X-Surgeflow-Cache-Tags header: {exc}"
+        ) from None
 
 
 def _route_key(request: Request, chat_request: ChatRequest) -> RouteKey:
@@ -74,16 +103,15 @@ def _route_key(request: Request, chat_request: ChatRequest) -> RouteKey:
 
 
 async def _stream(
-    service: Service, chat_request: ChatRequest, key: RouteKey, send: Send, timeout_s: float
+    chunks: AsyncGenerator[ChatChunk, None], headers: list[tuple[bytes, bytes]], send: Send
 ) -> None:
-    chunks = service.models.stream(chat_request, key=key, timeout_s=timeout_s)
     started = False
     try:
         async for chunk in chunks:
             if not started:
                 # Headers wait for the first chunk, so an upstream that fails before answering
                 # gets a proper error status rather than a broken stream.
-                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
                 started = True
             await send(
                 {
@@ -100,9 +128,9 @@ async def _stream(
         await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n"})
         return
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
     if not started:
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": _DONE})
 
 

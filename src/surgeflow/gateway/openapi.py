@@ -35,6 +35,26 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _query(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
 def openapi_document(service: Service) -> dict[str, Any]:
     chat_req, chat_resp, _, model_list, components = _components()
     components = dict(components)
@@ -66,15 +86,44 @@ def openapi_document(service: Service) -> dict[str, Any]:
             }
         },
     }
+    cache_status = {
+        "X-Surgeflow-Cache": {
+            "description": "how the cache answered (semantic: a prompt that means the same)",
+            "schema": {"type": "string", "enum": ["hit", "stale", "semantic", "miss", "bypass"]},
+        }
+    }
+    answered = _json(chat_resp) | {"headers": cache_status}
+    answered["content"]["text/event-stream"] = {
+        "schema": {"type": "string", "description": "chunks (ChatChunk) as server-sent events"}
+    }
+    cache_query = [
+        _query("key", "delete the entry with this exact key"),
+        _query("tag", "delete every entry stored with this tag"),
+        _query("prefix", "delete every entry whose key starts with this"),
+    ]
     paths: dict[str, Any] = {
         "/v1/chat/completions": {
             "post": {
                 "summary": "Create a chat completion (OpenAI-compatible; stream with SSE)",
+                "parameters": [
+                    _header("Cache-Control", "'no-store' or 'no-cache': skip the cache"),
+                    _header("X-Surgeflow-Cache", "'on': cache this request even if it samples"),
+                    _header(
+                        "X-Surgeflow-Cache-Tags",
+                        "comma-separated tags (at most 8, each 1-64 of A-Za-z0-9._:-) to "
+                        "invalidate the stored answer by",
+                    ),
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": chat_req}},
                 },
-                "responses": {"200": _json(chat_resp), **bad, "404": _error("unknown model")},
+                "responses": {
+                    "200": answered,
+                    **bad,
+                    "400": _error("malformed JSON or a bad X-Surgeflow-Cache-Tags header"),
+                    "404": _error("unknown model"),
+                },
             }
         },
         "/v1/models": {"get": {"summary": "List models", "responses": {"200": _json(model_list)}}},
@@ -135,6 +184,26 @@ def openapi_document(service: Service) -> dict[str, Any]:
                 "parameters": run_id,
                 "responses": {
                     "200": {"description": "event stream", "content": {"text/event-stream": {}}}
+                },
+            }
+        },
+        "/v1/admin/cache": {
+            "delete": {
+                "summary": "Invalidate cached answers (admin key): by key, tag or prefix, or all",
+                "parameters": cache_query,
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    "400": _error("more than one of key, tag and prefix"),
+                    "403": _error("not an admin key"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (no key: do not expose publicly)",
+                "security": [],
+                "responses": {
+                    "200": {"description": "text exposition", "content": {"text/plain": {}}}
                 },
             }
         },

@@ -90,6 +90,8 @@ class ModelRouter:
         self._parts = [(e, _health(e), _limits(e)) for e in self.endpoints]
         self._needs_tokens = any(e.tokens_per_min for e in settings.endpoints)
         self.requests = 0
+        self.prompt_tokens = 0  # as the endpoints reported them (usage), answered calls only
+        self.completion_tokens = 0
         self.retries = 0
         self.hedges = 0
         self.hedge_wins = 0
@@ -194,8 +196,12 @@ class ModelRouter:
             finally:
                 endpoint.inflight -= 1
             self._succeeded(endpoint, time.monotonic() - started, trial)
-            if tokens and response.usage is not None:
-                limits.settle(tokens, response.usage.total_tokens)
+            usage = response.usage
+            if usage is not None:
+                self.prompt_tokens += usage.prompt_tokens
+                self.completion_tokens += usage.completion_tokens
+                if tokens:
+                    limits.settle(tokens, usage.total_tokens)
             return response
         finally:
             limits.release()
@@ -325,6 +331,8 @@ class ModelRouter:
             "model": self.name,
             "policy": self.policy.name,
             "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
             "retries": self.retries,
             "hedges": self.hedges,
             "hedge_wins": self.hedge_wins,

@@ -63,6 +63,7 @@ class ApiKey(msgspec.Struct, kw_only=True):
     created_at: float
     revoked_at: float | None = None
     admin: bool = False  # may call the /v1/admin routes
+    cache: bool = True  # False: this key's requests never read or write the response cache
 
 
 class Store(Protocol):

@@ -60,10 +60,14 @@ SCHEMA = Schema(
             hash TEXT NOT NULL UNIQUE,
             created_at REAL NOT NULL,
             revoked_at REAL,
-            admin INTEGER NOT NULL DEFAULT 0
+            admin INTEGER NOT NULL DEFAULT 0,
+            cache INTEGER NOT NULL DEFAULT 1
         )""",
     ),
-    migrations=("ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",),
+    migrations=(
+        "ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE api_keys ADD COLUMN cache INTEGER NOT NULL DEFAULT 1",
+    ),
 )
 
 _RUN_COLUMNS = (
@@ -71,7 +75,7 @@ _RUN_COLUMNS = (
     " attempts, created_at, updated_at, started_at, finished_at"
 )
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in RunStatus if s.terminal)
-_KEY_COLUMNS = "id, name, hash, created_at, revoked_at, admin"
+_KEY_COLUMNS = "id, name, hash, created_at, revoked_at, admin, cache"
 
 _encoder = msgspec.json.Encoder()
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
@@ -137,6 +141,7 @@ def _key_from_row(row: tuple[Any, ...]) -> ApiKey:
         created_at=row[3],
         revoked_at=row[4],
         admin=bool(row[5]),
+        cache=bool(row[6]),
     )
 
 
@@ -313,8 +318,16 @@ class SQLiteStore(SQLiteBacked):
         def add(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                    (key.id, key.name, key.hash, key.created_at, key.revoked_at, key.admin),
+                    f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key.id,
+                        key.name,
+                        key.hash,
+                        key.created_at,
+                        key.revoked_at,
+                        key.admin,
+                        key.cache,
+                    ),
                 )
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"API key {key.id!r} or its hash exists already") from exc

@@ -7,6 +7,8 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
+from surgeflow.cache.keys import validate_tags
+
 if TYPE_CHECKING:
     from surgeflow.workflow.context import Context
 
@@ -22,12 +24,16 @@ class Step:
     when present, is used to decode a checkpoint back into the same type on resume. A failed
     attempt is retried up to ``retries`` times with exponential backoff and jitter, except for
     errors another attempt cannot fix (surgeflow's `ValidationError`, `NotFound` and the like).
+    With ``cache``, an output is kept for ``cache_ttl_s`` (None: the run's default) and can be
+    invalidated by any of ``cache_tags``.
     """
 
     __slots__ = (
         "backoff_s",
         "cache",
         "cache_key",
+        "cache_tags",
+        "cache_ttl_s",
         "fn",
         "max_backoff_s",
         "name",
@@ -47,6 +53,8 @@ class Step:
         max_backoff_s: float = 10.0,
         cache: bool = False,
         cache_key: Callable[[Context], Any] | None = None,
+        cache_ttl_s: float | None = None,
+        cache_tags: Sequence[str] = (),
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"step {fn!r} must be an async function taking one context argument")
@@ -54,14 +62,21 @@ class Step:
             raise ValueError("retries must be >= 0")
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if cache_ttl_s is not None and cache_ttl_s <= 0:
+            raise ValueError("cache_ttl_s must be > 0")
+        if isinstance(cache_tags, str):
+            raise TypeError("cache_tags must be a sequence of tags, e.g. ('faq',), not a string")
         self.fn = fn
         self.name = name or fn.__name__
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.cache = cache or cache_key is not None
+        # Saying how to cache a step's output is asking for it to be cached.
+        self.cache = cache or cache_key is not None or cache_ttl_s is not None or bool(cache_tags)
         self.cache_key = cache_key
+        self.cache_ttl_s = cache_ttl_s
+        self.cache_tags = validate_tags(cache_tags)
         self.output_type = _return_type(fn)
 
     def __repr__(self) -> str:
@@ -90,6 +105,8 @@ def step(
     max_backoff_s: float = 10.0,
     cache: bool = False,
     cache_key: Callable[[Context], Any] | None = None,
+    cache_ttl_s: float | None = None,
+    cache_tags: Sequence[str] = (),
 ) -> Callable[[StepFn], Step]: ...
 
 
@@ -104,6 +121,8 @@ def step(
     max_backoff_s: float = 10.0,
     cache: bool = False,
     cache_key: Callable[[Context], Any] | None = None,
+    cache_ttl_s: float | None = None,
+    cache_tags: Sequence[str] = (),
 ) -> Step | Callable[[StepFn], Step]:
     """Make an async function a workflow step: ``@step`` or ``@step(timeout_s=5, retries=2)``."""
 
@@ -117,6 +136,8 @@ def step(
             max_backoff_s=max_backoff_s,
             cache=cache,
             cache_key=cache_key,
+            cache_ttl_s=cache_ttl_s,
+            cache_tags=cache_tags,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from surgeflow.cache.base import Cache
+from surgeflow.cache.base import Cache, default_ttl_s, pack_entry, unpack_entry
 from surgeflow.errors import AuthError, ConfigError, Conflict, NotFound, StepError, ValidationError
 from surgeflow.workflow.context import Context
 from surgeflow.workflow.nodes import Branch, Loop, Map, Node, Parallel, Step
@@ -121,10 +121,10 @@ class Execution:
         cache_key = None
         if step.cache and self.cache is not None:
             cache_key = self._cache_key(step, ctx)
-            cached = await self.cache.get(cache_key)
+            cached = await self._cached(cache_key, step)
             if cached is not None:
-                output = msgspec.json.decode(cached, type=step.output_type)
-                await self._finished(key, output, cached, StepEvent("step.cached", key))
+                output, encoded = cached
+                await self._finished(key, output, encoded, StepEvent("step.cached", key))
                 return output
         emit = self.on_event
         attempt = 0
@@ -161,11 +161,30 @@ class Execution:
                 return output
             encoded = _encode(output)
             if cache_key is not None and self.cache is not None:
-                await self.cache.set(cache_key, encoded, ttl_s=self.cache_ttl_s)
+                ttl_s = step.cache_ttl_s or self.cache_ttl_s or default_ttl_s(self.cache)
+                entry = pack_entry(
+                    encoded, stored_at=time.time(), ttl_s=ttl_s, tags=step.cache_tags
+                )
+                await self.cache.set(cache_key, entry, ttl_s=ttl_s, tags=step.cache_tags)
             await self._finished(
                 key, output, encoded, StepEvent("step.finished", key, attempt, duration_ms)
             )
             return output
+
+    async def _cached(self, cache_key: str, step: Step) -> tuple[Any, bytes] | None:
+        """A cached output of ``step`` and its JSON; an entry that does not decode is dropped."""
+        assert self.cache is not None
+        raw = await self.cache.get(cache_key)
+        if raw is None:
+            return None
+        entry = unpack_entry(raw)
+        if entry is not None and time.time() < entry.expires_at():
+            try:
+                return msgspec.json.decode(entry.value, type=step.output_type), entry.value
+            except msgspec.DecodeError:
+                pass
+        await self.cache.delete(cache_key)
+        return None
 
     async def _finished(self, key: str, output: Any, encoded: bytes, event: StepEvent) -> None:
         if self.on_checkpoint is not None:
