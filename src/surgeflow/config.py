@@ -24,6 +24,13 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     invoke_timeout_s: Positive = 30.0
     upstream_timeout_s: Positive = 60.0
     metrics: bool = True  # count requests for GET /metrics (false: the route stays, without them)
+    # Several processes (gateways, workers) that name one directory here share their figures:
+    # each writes its own there every second, and GET /metrics on any of them sums them all.
+    metrics_dir: str | None = None
+    dashboard: bool = True  # serve GET /dashboard (the live page) and GET /dashboard/data
+    # Admission control: requests beyond this many in flight are refused at once with 503 and
+    # Retry-After, before they cost anything (None: no limit).
+    max_in_flight: PositiveInt | None = None
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -219,6 +226,104 @@ class LogSettings(msgspec.Struct, forbid_unknown_fields=True):
     prompts: bool = False  # write prompt and answer bodies into log lines (off: redacted)
 
 
+class TracingSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """OpenTelemetry tracing (the ``tracing`` extra). ``exporter``: ``otlp`` sends spans over
+    OTLP/HTTP to ``endpoint`` (default: the exporter's own, ``http://localhost:4318/v1/traces``),
+    ``console`` prints them, ``none`` makes spans (and propagates ``traceparent``) but exports
+    nothing."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console", "none"] = "otlp"
+    endpoint: str | None = None
+    service_name: str = "surgeflow"
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+
+Duration = float | str  # seconds, or "30s", "5m", "1h"
+
+
+class AlertRuleSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One alert rule; ``kind`` says what it watches (see docs/observability.md):
+
+    - ``latency``: the ``quantile`` of request durations over ``window`` exceeds ``threshold``
+      seconds (``route``: one route template; default all API routes);
+    - ``error_ratio``: 5xx answers / requests over ``window`` exceeds ``threshold``;
+    - ``queue_depth``: ready runs exceed ``threshold``; ``queue_age``: the oldest ready run has
+      waited more than ``threshold`` seconds;
+    - ``endpoint_ejected``: a model endpoint is ejected by its breaker;
+    - ``cache_hit_ratio``: the hit ratio over ``window`` falls below ``threshold`` times the
+      ratio over the ``baseline`` before it (a collapse, not a low steady state);
+    - ``key_anomaly``: an API key's request rate is more than ``z`` standard deviations above
+      its own EWMA (and at least ``threshold`` req/s).
+
+    A condition must hold for ``for`` before the alert fires; it resolves when it stops.
+    """
+
+    name: str
+    kind: Literal[
+        "latency",
+        "error_ratio",
+        "queue_depth",
+        "queue_age",
+        "endpoint_ejected",
+        "cache_hit_ratio",
+        "key_anomaly",
+    ]
+    threshold: float | None = None
+    quantile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.99
+    route: str | None = None
+    window: Duration = "5m"
+    baseline: Duration = "30m"
+    for_: Duration = msgspec.field(default=0.0, name="for")
+    min_requests: Annotated[int, msgspec.Meta(ge=0)] = 20
+    z: Positive = 4.0
+    alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.05
+    severity: str = "warning"
+    summary: str | None = None
+
+
+def _default_alert_rules() -> list[AlertRuleSettings]:
+    return [
+        AlertRuleSettings(
+            name="HighLatency", kind="latency", threshold=5.0, window="5m", for_="5m"
+        ),
+        AlertRuleSettings(
+            name="HighErrorRatio", kind="error_ratio", threshold=0.05, window="5m", for_="2m"
+        ),
+        AlertRuleSettings(name="QueueBacklog", kind="queue_age", threshold=60.0, for_="1m"),
+        AlertRuleSettings(name="EndpointEjected", kind="endpoint_ejected", for_="30s"),
+        AlertRuleSettings(
+            name="CacheHitCollapse",
+            kind="cache_hit_ratio",
+            threshold=0.5,
+            window="5m",
+            baseline="30m",
+            for_="5m",
+            min_requests=100,
+        ),
+        AlertRuleSettings(
+            name="KeyTrafficAnomaly", kind="key_anomaly", threshold=5.0, window="10s", for_="30s"
+        ),
+    ]
+
+
+class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """A URL that receives each firing and resolved notification as a JSON POST, retried with
+    backoff up to ``attempts`` times."""
+
+    url: str
+    timeout_s: Positive = 5.0
+    attempts: PositiveInt = 5
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class AlertSettings(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool = True
+    interval_s: Positive = 1.0  # how often the figures are sampled and the rules evaluated
+    rules: list[AlertRuleSettings] = msgspec.field(default_factory=_default_alert_rules)
+    webhooks: list[WebhookSettings] = msgspec.field(default_factory=list)
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     """Everything surgeflow can be told. The defaults give the embedded, zero-setup shape."""
 
@@ -230,6 +335,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
+    alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
     workflows: list[str] = msgspec.field(
         default_factory=lambda: ["surgeflow.agents:builtin_workflows"]
     )

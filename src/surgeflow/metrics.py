@@ -9,8 +9,8 @@ tenant or a prompt.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from surgeflow.cache.semantic import SemanticCache
     from surgeflow.queue.base import QueueStats
     from surgeflow.service import Service
+    from surgeflow.workflow.runner import StepEvent
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+K = TypeVar("K")
 
 # Per cache tier (label ``tier``: memory, redis): stat name → (metric, help).
 _TIER_COUNTERS = {
@@ -79,8 +81,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collectors: list[Collector] = []
         self.requests = RequestStats()  # the gateway counts into this
+        self.workflows = WorkflowStats()  # workers and inline invokes count into this
         self.register(CacheCollector(service))
         self.register(RequestCollector(self.requests))
+        self.register(WorkflowCollector(self.workflows))
         self.register(EndpointCollector(service))
         self.register(ModelCollector(service))
         self._queue = QueueCollector()
@@ -97,6 +101,7 @@ class Metrics:
     async def refresh(self) -> None:
         """Read what can only be read asynchronously (the queue's stats) before a scrape."""
         self._queue.stats = await self._service.queue.stats()
+        self._queue.lease_expiries = self._service.queue.lease_expiries
 
     def render(self) -> bytes:
         """The Prometheus text exposition (content type `METRICS_CONTENT_TYPE`)."""
@@ -209,29 +214,83 @@ class SemanticCollector:
         )
 
 
-# Request durations, seconds: from a cache hit (sub-millisecond) to a long streamed answer.
-DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Durations, seconds: from a cache hit (sub-millisecond) to a long streamed answer. Fine enough
+# that a quantile read from the buckets (the dashboard's, the alerts') is off by little.
+DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """Counts per bucket of `DURATION_BUCKETS` (not cumulative; the last one is +Inf) and
+    their sum: bumped with plain ints on the hot path, rendered at scrape time."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative (upper bound, count) pairs, as Prometheus wants them."""
+        cumulative, buckets = 0, list[tuple[str, float]]()
+        for bound, count in zip(_BUCKET_LABELS, self.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        return buckets
+
+
+_BUCKET_LABELS = (*(f"{bound:g}" for bound in DURATION_BUCKETS), "+Inf")
+
+
+def quantile(counts: list[int], q: float) -> float | None:
+    """The ``q`` quantile of per-bucket ``counts`` (as kept by `Histogram`), interpolated
+    linearly inside its bucket as Prometheus's histogram_quantile does; None if empty."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    cumulative = 0
+    for index, count in enumerate(counts):
+        if cumulative + count >= rank and count:
+            if index == len(DURATION_BUCKETS):  # +Inf: the largest finite bound is all we know
+                return DURATION_BUCKETS[-1]
+            lower = DURATION_BUCKETS[index - 1] if index else 0.0
+            upper = DURATION_BUCKETS[index]
+            return lower + (upper - lower) * (rank - cumulative) / count
+        cumulative += count
+    return DURATION_BUCKETS[-1]
 
 
 class RequestStats:
     """The gateway's requests, counted on the hot path with plain ints: by route template,
-    method and status, a duration histogram per route, and how many are in flight."""
+    method and status, a duration histogram per route, how many are in flight, how many
+    admission control refused, and how many each API key made (for the traffic-anomaly alert;
+    never a metric label)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
+        self.admission_rejections = 0
         self.counts: dict[tuple[str, str, int], int] = {}
-        self.durations: dict[str, list[int]] = {}  # route → per-bucket counts (not cumulative)
-        self.duration_sums: dict[str, float] = {}
+        self.durations: dict[str, Histogram] = {}
+        self.by_key: dict[str, int] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
         self.counts[key] = self.counts.get(key, 0) + 1
-        buckets = self.durations.get(route)
-        if buckets is None:
-            buckets = self.durations[route] = [0] * (len(DURATION_BUCKETS) + 1)
-            self.duration_sums[route] = 0.0
-        buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-        self.duration_sums[route] += seconds
+        histogram = self.durations.get(route)
+        if histogram is None:
+            histogram = self.durations[route] = Histogram()
+        histogram.observe(seconds)
 
 
 class RequestCollector:
@@ -255,18 +314,142 @@ class RequestCollector:
             "Time from a request's arrival to the end of its response, by route template.",
             labels=["route"],
         )
-        for route, counts in sorted(stats.durations.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip((*DURATION_BUCKETS, float("inf")), counts, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
-            durations.add_metric([route], buckets, stats.duration_sums[route])
+        for route, histogram in sorted(stats.durations.items()):
+            durations.add_metric([route], histogram.buckets(), histogram.sum)
         yield durations
         yield GaugeMetricFamily(
             "surgeflow_http_requests_in_flight",
             "Gateway requests being handled now.",
             value=stats.in_flight,
         )
+        yield CounterMetricFamily(
+            "surgeflow_http_admission_rejections",
+            "Requests refused with 503 because server.max_in_flight were in flight.",
+            value=stats.admission_rejections,
+        )
+
+
+def step_name(key: str) -> str:
+    """The step a checkpoint key names: ``agent#2/act`` → ``act``, ``score[3]`` → ``score``
+    (a bounded label: one per step in the code, not one per loop round or item)."""
+    return key.rpartition("/")[2].partition("[")[0]
+
+
+class WorkflowStats:
+    """Durable runs and workflow steps, counted where they happen (workers, inline invokes):
+    runs submitted and finished by workflow and status, how long runs waited in the queue and
+    ran, and each step's attempts by outcome and their durations."""
+
+    def __init__(self) -> None:
+        self.submitted: dict[str, int] = {}
+        self.finished: dict[tuple[str, str], int] = {}
+        self.queue_waits: dict[str, Histogram] = {}
+        self.run_durations: dict[str, Histogram] = {}
+        self.steps: dict[tuple[str, str, str], int] = {}  # (workflow, step, outcome)
+        self.step_durations: dict[tuple[str, str], Histogram] = {}
+
+    def run_submitted(self, workflow: str) -> None:
+        self.submitted[workflow] = self.submitted.get(workflow, 0) + 1
+
+    def run_started(self, workflow: str, queued_s: float) -> None:
+        _histogram(self.queue_waits, workflow).observe(max(queued_s, 0.0))
+
+    def run_finished(self, workflow: str, status: str, seconds: float | None = None) -> None:
+        key = (workflow, status)
+        self.finished[key] = self.finished.get(key, 0) + 1
+        if seconds is not None:
+            _histogram(self.run_durations, workflow).observe(seconds)
+
+    def step_observer(
+        self, workflow: str, forward: Callable[[StepEvent], None] | None = None
+    ) -> Callable[[StepEvent], None]:
+        """An ``on_event`` handler for `Workflow.run` that counts each step event of
+        ``workflow`` (then passes it to ``forward``, if given)."""
+
+        def observe(event: StepEvent) -> None:
+            outcome = _STEP_OUTCOMES.get(event.type)
+            if outcome is not None:
+                key = (workflow, step_name(event.step))
+                counted = (*key, outcome)
+                self.steps[counted] = self.steps.get(counted, 0) + 1
+                if event.duration_ms is not None:
+                    _histogram(self.step_durations, key).observe(event.duration_ms / 1000)
+            if forward is not None:
+                forward(event)
+
+        return observe
+
+
+_STEP_OUTCOMES = {
+    "step.finished": "succeeded",
+    "step.failed": "failed",
+    "step.retrying": "retried",
+    "step.cached": "cached",
+}
+
+
+def _histogram(histograms: dict[K, Histogram], key: K) -> Histogram:
+    histogram = histograms.get(key)
+    if histogram is None:
+        histogram = histograms[key] = Histogram()
+    return histogram
+
+
+class WorkflowCollector:
+    """`WorkflowStats` at scrape time."""
+
+    def __init__(self, stats: WorkflowStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        submitted = CounterMetricFamily(
+            "surgeflow_runs_submitted", "Durable runs submitted, by workflow.", labels=["workflow"]
+        )
+        for workflow, count in sorted(stats.submitted.items()):
+            submitted.add_metric([workflow], count)
+        yield submitted
+        finished = CounterMetricFamily(
+            "surgeflow_runs_finished",
+            "Durable runs that ended, by workflow and status (succeeded, failed, cancelled, dead).",
+            labels=["workflow", "status"],
+        )
+        for (workflow, status), count in sorted(stats.finished.items()):
+            finished.add_metric([workflow, status], count)
+        yield finished
+        for name, documentation, histograms in (
+            (
+                "surgeflow_run_queue_wait_seconds",
+                "Time from a run's submission to a worker starting it, by workflow.",
+                stats.queue_waits,
+            ),
+            (
+                "surgeflow_run_duration_seconds",
+                "Time a worker spent on a run that ended (its last attempt), by workflow.",
+                stats.run_durations,
+            ),
+        ):
+            family = HistogramMetricFamily(name, documentation, labels=["workflow"])
+            for workflow, histogram in sorted(histograms.items()):
+                family.add_metric([workflow], histogram.buckets(), histogram.sum)
+            yield family
+        steps = CounterMetricFamily(
+            "surgeflow_steps",
+            "Workflow step attempts by workflow, step and outcome"
+            " (succeeded, failed, retried, cached).",
+            labels=["workflow", "step", "outcome"],
+        )
+        for (workflow, step, outcome), count in sorted(stats.steps.items()):
+            steps.add_metric([workflow, step, outcome], count)
+        yield steps
+        durations = HistogramMetricFamily(
+            "surgeflow_step_duration_seconds",
+            "Duration of step attempts that succeeded or failed, by workflow and step.",
+            labels=["workflow", "step"],
+        )
+        for (workflow, step), histogram in sorted(stats.step_durations.items()):
+            durations.add_metric([workflow, step], histogram.buckets(), histogram.sum)
+        yield durations
 
 
 class EndpointCollector:
@@ -368,6 +551,7 @@ class QueueCollector:
 
     def __init__(self) -> None:
         self.stats: QueueStats | None = None
+        self.lease_expiries = 0
 
     def collect(self) -> Iterator[Metric]:
         stats = self.stats
@@ -377,6 +561,11 @@ class QueueCollector:
         yield GaugeMetricFamily("surgeflow_queue_leased", "Runs leased to a worker.", stats.leased)
         yield GaugeMetricFamily(
             "surgeflow_queue_dead", "Runs given up on after max_attempts.", stats.dead
+        )
+        yield CounterMetricFamily(
+            "surgeflow_queue_lease_expiries",
+            "Runs leased again because a worker's lease on them expired (it died or stalled).",
+            self.lease_expiries,
         )
         yield GaugeMetricFamily(
             "surgeflow_queue_oldest_ready_age_seconds",

@@ -108,6 +108,7 @@ class Service:
             models=self.models,
             cache=self.cache,
             hub=self.hub,
+            stats=self.metrics.workflows,
             **options,
         )
 
@@ -169,7 +170,8 @@ class Service:
 
     async def invoke(self, workflow: Workflow, input: Any) -> Any:
         """Run a workflow inline (no persistence) and return its output."""
-        return await workflow.run(input, models=self.models, cache=self.cache)
+        on_event = self.metrics.workflows.step_observer(workflow.name)
+        return await workflow.run(input, models=self.models, cache=self.cache, on_event=on_event)
 
     async def submit(
         self,
@@ -189,6 +191,7 @@ class Service:
             recorder.emit("run.queued", data={"workflow": workflow})
             await recorder.flush()
             await self.queue.put(run.id)
+            self.metrics.workflows.run_submitted(workflow)
         return run, created
 
     async def cancel(self, run_id: str) -> Run:
@@ -199,6 +202,7 @@ class Service:
             recorder = RunRecorder(self.store, run.id, self.hub)
             recorder.emit("run.cancelled", data={"error": "cancelled before it started"})
             await recorder.flush()
+            self.metrics.workflows.run_finished(run.workflow, RunStatus.CANCELLED.value)
         if self.worker is not None:
             await self.worker.cancel(run_id)
         return run

@@ -19,9 +19,11 @@ from surgeflow.events import EventHub, RunRecorder
 from surgeflow.queue.base import Job, Queue
 from surgeflow.store.base import Run, RunStatus, Store
 from surgeflow.workflow import Workflow
+from surgeflow.workflow.runner import EventHandler
 
 if TYPE_CHECKING:
     from surgeflow.cache.base import Cache
+    from surgeflow.metrics import WorkflowStats
     from surgeflow.models.client import ModelClient
 
 log = logging.getLogger("surgeflow.worker")
@@ -35,14 +37,17 @@ class WorkerState(enum.Enum):
 
 
 class _Active:
-    """A run this worker holds: its lease, its task, and why it would be cancelled."""
+    """A run this worker holds: its lease, its task, why it would be cancelled, and (once
+    loaded) its workflow and when this attempt started, for the metrics."""
 
-    __slots__ = ("cancel_reason", "job", "task")
+    __slots__ = ("cancel_reason", "job", "started", "task", "workflow")
 
     def __init__(self, job: Job, task: asyncio.Task[None]) -> None:
         self.job = job
         self.task = task
         self.cancel_reason: str | None = None
+        self.workflow: str | None = None
+        self.started: float | None = None
 
 
 class Worker:
@@ -69,6 +74,7 @@ class Worker:
         retry_backoff_s: float = 1.0,
         reconcile_interval_s: float = 60.0,
         worker_id: str | None = None,
+        stats: WorkflowStats | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -82,6 +88,7 @@ class Worker:
         self.drain_timeout_s = drain_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.reconcile_interval_s = reconcile_interval_s
+        self.stats = stats
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.state = WorkerState.IDLE
         self.completed = 0
@@ -229,6 +236,7 @@ class Worker:
         if run.status.terminal:
             await self.queue.ack(job, self.id)
             return
+        self._active[job.run_id].workflow = run.workflow
         if run.cancel_requested:
             await self._conclude(job, recorder, RunStatus.CANCELLED, error="cancelled on request")
             return
@@ -246,11 +254,16 @@ class Worker:
     async def _execute(self, job: Job, run: Run, workflow: Workflow, recorder: RunRecorder) -> None:
         checkpoints = await self.store.load_checkpoints(run.id)
         await self.store.start_run(run.id)
+        on_event: EventHandler = recorder.step_event
+        if self.stats is not None:
+            if job.attempts == 1:
+                self.stats.run_started(run.workflow, time.time() - run.created_at)
+            on_event = self.stats.step_observer(run.workflow, on_event)
         recorder.emit(
             "run.started",
             data={"attempt": job.attempts, "worker": self.id, "resumed_steps": len(checkpoints)},
         )
-        started = time.perf_counter()
+        started = self._active[run.id].started = time.perf_counter()
 
         async def save(key: str, output: bytes) -> None:
             await self.store.save_checkpoint(run.id, key, output)
@@ -261,7 +274,7 @@ class Worker:
                 models=self.models,
                 run_id=run.id,
                 checkpoints=checkpoints,
-                on_event=recorder.step_event,
+                on_event=on_event,
                 on_checkpoint=save,
                 cache=self.cache,
             )
@@ -317,6 +330,10 @@ class Worker:
     ) -> None:
         """Record the terminal status, then its event, then let go of the job, in that order."""
         await self.store.finish_run(job.run_id, status, output=output, error=error)
+        active = self._active.get(job.run_id)
+        if self.stats is not None and active is not None and active.workflow is not None:
+            seconds = None if active.started is None else time.perf_counter() - active.started
+            self.stats.run_finished(active.workflow, status.value, seconds)
         event_data = dict(data or {})
         if error is not None:
             event_data["error"] = error

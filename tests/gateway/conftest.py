@@ -37,12 +37,12 @@ TEST_WORKFLOWS = {
 
 
 def make_service(tmp_path: Path, **settings_overrides: object) -> Service:
-    settings = Settings(
-        store=StoreSettings(url=f"sqlite:///{tmp_path / 'gateway.db'}"),
-        server=ServerSettings(max_body_bytes=64 * 1024, invoke_timeout_s=2.0),
-        worker=WorkerSettings(poll_interval_s=0.05),
-        **settings_overrides,  # type: ignore[arg-type]
-    )
+    defaults: dict[str, object] = {
+        "store": StoreSettings(url=f"sqlite:///{tmp_path / 'gateway.db'}"),
+        "server": ServerSettings(max_body_bytes=64 * 1024, invoke_timeout_s=2.0),
+        "worker": WorkerSettings(poll_interval_s=0.05),
+    }
+    settings = Settings(**(defaults | settings_overrides))  # type: ignore[arg-type]
     return Service(settings, workflows=TEST_WORKFLOWS, api_keys=[API_KEY])
 
 

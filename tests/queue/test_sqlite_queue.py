@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -205,6 +206,7 @@ async def test_real_time_lease_expiry(tmp_path: Path) -> None:
         await asyncio.sleep(0.06)
         [new] = await queue.get("b", lease_s=5)
         assert (new.id, new.attempts) == (old.id, 2)
+        assert queue.lease_expiries == 1  # counted for the metrics; a retry would not be
         await queue.ack(old, "a")
         await queue.ack(new, "b")
         assert await queue.stats() == QueueStats()
@@ -470,3 +472,24 @@ def test_queue_never_loses_or_repeats_an_acked_job() -> None:
         QueueMachine,
         settings=settings(max_examples=30, stateful_step_count=40, deadline=None),
     )
+
+
+async def test_a_queue_file_from_before_lease_expiry_counting_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the jobs table as version 0 wrote it, with a job
+        conn.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, run_id TEXT NOT NULL UNIQUE,"
+            " status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+            " available_at REAL NOT NULL, lease_owner TEXT, lease_expires_at REAL,"
+            " created_at REAL NOT NULL, last_error TEXT)"
+        )
+        conn.execute("CREATE TABLE schema_versions (name TEXT PRIMARY KEY, version INTEGER)")
+        conn.execute("INSERT INTO schema_versions VALUES ('queue', 0)")
+        conn.execute(
+            "INSERT INTO jobs VALUES ('job_1', 'run_1', 'ready', 0, 0, NULL, NULL, 0, NULL)"
+        )
+    async with SQLiteQueue(path) as queue:
+        [job] = await queue.get("w", lease_s=30)
+        assert (job.run_id, job.attempts, queue.lease_expiries) == ("run_1", 1, 0)
+        await queue.ack(job, "w")
+        assert await queue.stats() == QueueStats()

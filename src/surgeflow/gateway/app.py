@@ -79,6 +79,8 @@ class Gateway:
         )
         self._stats = service.metrics.requests if service.settings.server.metrics else None
         self._access = service.settings.log.access
+        self._max_in_flight = service.settings.server.max_in_flight
+        self._in_flight = 0  # for admission control, counted whether or not metrics are on
 
     def __repr__(self) -> str:
         return f"<Gateway auth={'on' if self.auth_enabled else 'off'} service={self.service!r}>"
@@ -95,6 +97,7 @@ class Gateway:
         stats = self._stats
         if stats is not None:
             stats.in_flight += 1
+        self._in_flight += 1
         started = time.perf_counter()
         route = "unmatched"
         try:
@@ -102,8 +105,11 @@ class Gateway:
             if handler is None:
                 return await send_error(sent, self._no_route(request))
             route = self._templates.get(handler, "other")
-            if request.key_id is None and self.auth_enabled:
-                handler = self._authenticate(request, handler)
+            if request.key_id is None:
+                if self._max_in_flight is not None and self._in_flight > self._max_in_flight:
+                    return await send_error(sent, self._overloaded())
+                if self.auth_enabled:
+                    handler = self._authenticate(request, handler)
             await handler(self.service, request, sent)
         except HTTPError as exc:
             if not sent.started:
@@ -124,9 +130,13 @@ class Gateway:
             # 499: the client went away before a response started (nginx's convention).
             status = sent.status or 499
             elapsed = time.perf_counter() - started
+            self._in_flight -= 1
             if stats is not None:
                 stats.in_flight -= 1
                 stats.observe(route, scope["method"], status, elapsed)
+                key_id = request.key_id
+                if key_id is not None and key_id != "public":
+                    stats.by_key[key_id] = stats.by_key.get(key_id, 0) + 1
             if self._access:
                 logs.access(
                     f"{scope['method']} {scope['path']} {status}",
@@ -175,6 +185,18 @@ class Gateway:
                         headers=[(b"allow", other.encode())],
                     )
         return HTTPError(404, "not_found", f"no route {method} {path}; see GET /openapi.json")
+
+    def _overloaded(self) -> HTTPError:
+        """Admission control: refuse at once, before the request costs anything upstream."""
+        if self._stats is not None:
+            self._stats.admission_rejections += 1
+        return HTTPError(
+            503,
+            "overloaded",
+            f"the gateway has {self._max_in_flight} requests in flight (server.max_in_flight);"
+            " retry shortly",
+            headers=[(b"retry-after", b"1")],
+        )
 
     def _authenticate(self, request: Request, handler: Handler) -> Handler:
         header = request.header(b"authorization")

@@ -35,8 +35,11 @@ class Queue(Protocol):
 
     Delivery is at least once: a job is leased to one worker for ``lease_s`` seconds; a lease
     that is not extended expires and the job is leased again (``attempts`` grows). ``put`` is
-    idempotent on ``run_id`` while the job exists.
+    idempotent on ``run_id`` while the job exists. ``lease_expiries`` counts the jobs this
+    object leased again because their lease had expired (a worker died or stalled).
     """
+
+    lease_expiries: int
 
     async def put(self, run_id: str, *, delay_s: float = 0.0) -> bool:
         """Enqueue ``run_id``; ``False`` if a job for it already exists."""

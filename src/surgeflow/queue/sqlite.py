@@ -28,18 +28,22 @@ SCHEMA = Schema(
             lease_owner TEXT,
             lease_expires_at REAL,
             created_at REAL NOT NULL,
-            last_error TEXT
+            last_error TEXT,
+            reclaimed INTEGER NOT NULL DEFAULT 0
         )""",
         "CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, available_at)",
         "CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (status, lease_expires_at)",
     ),
+    migrations=("ALTER TABLE jobs ADD COLUMN reclaimed INTEGER NOT NULL DEFAULT 0",),
 )
 
 # One statement leases the jobs, so no two workers (threads or processes) can take the same one:
 # every write runs under the file's write lock (BEGIN IMMEDIATE). Each branch walks its own index
 # and stops after ``limit`` rows, so a long backlog does not make every lease a full scan.
+# ``reclaimed`` is set from the row as it was: 1 when the job was taken from an expired lease.
 _LEASE_SQL = """
-UPDATE jobs SET status = 'leased', attempts = attempts + 1, lease_owner = ?, lease_expires_at = ?
+UPDATE jobs SET status = 'leased', attempts = attempts + 1, lease_owner = ?, lease_expires_at = ?,
+    reclaimed = (status = 'leased')
 WHERE id IN (
     SELECT id FROM (
         SELECT id, available_at FROM (
@@ -51,7 +55,7 @@ WHERE id IN (
             ORDER BY available_at LIMIT ?)
     ) ORDER BY available_at LIMIT ?
 )
-RETURNING id, run_id, attempts, lease_expires_at, available_at
+RETURNING id, run_id, attempts, lease_expires_at, available_at, reclaimed
 """
 # A lease is one (job, owner, attempt): a job leased again, even to the same worker, is a new one.
 _OWNED = "id = ? AND status = 'leased' AND lease_owner = ? AND attempts = ?"
@@ -85,6 +89,7 @@ class SQLiteQueue(SQLiteBacked):
         self.max_attempts = max_attempts
         self._clock = clock
         self._wakeup = asyncio.Event()
+        self.lease_expiries = 0  # jobs this object leased again because a lease had expired
 
     def __repr__(self) -> str:
         return (
@@ -119,6 +124,7 @@ class SQLiteQueue(SQLiteBacked):
         params = (worker_id, now + lease_s, now, limit, now, limit, limit)
         rows = await self._execute(_LEASE_SQL, params)
         rows.sort(key=lambda row: row[4])  # RETURNING does not keep the ORDER BY
+        self.lease_expiries += sum(row[5] for row in rows)
         return [
             Job(
                 id=id_,
@@ -127,7 +133,7 @@ class SQLiteQueue(SQLiteBacked):
                 max_attempts=self.max_attempts,
                 lease_expires_at=expires_at,
             )
-            for id_, run_id, attempts, expires_at, _ in rows
+            for id_, run_id, attempts, expires_at, _, _ in rows
         ]
 
     async def extend(self, job: Job, worker_id: str, *, lease_s: float) -> bool:
