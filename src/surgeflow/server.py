@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from surgeflow.gateway import Gateway
+from surgeflow.gateway.tracing import TracedGateway
 from surgeflow.service import Service
 
 log = logging.getLogger("surgeflow.server")
@@ -73,8 +74,15 @@ async def running_gateway(
     service: Service, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve ``service`` in the background; yields its base URL (``port=0`` picks a free port)."""
-    async with running_app(Gateway(service), host, port) as url:
+    async with running_app(gateway_app(service), host, port) as url:
         yield url
+
+
+def gateway_app(service: Service) -> ASGIApp:
+    """The service's gateway; with tracing on, inside its request span (off: nothing around it)."""
+    gateway = Gateway(service)
+    tracer = service.tracer
+    return gateway if tracer is None else TracedGateway(gateway, tracer)
 
 
 async def serve_forever(service: Service, host: str, port: int) -> None:

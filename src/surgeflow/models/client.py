@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 
 import msgspec
 
+from surgeflow import tracing
 from surgeflow.cache.base import Cache, default_ttl_s, fresh_value, pack_entry, unpack_entry
 from surgeflow.cache.coalesce import Coalescer
 from surgeflow.cache.keys import chat_cache_key, validate_tags
@@ -28,6 +29,7 @@ from surgeflow.routing.router import ModelRouter, retryable
 
 if TYPE_CHECKING:
     from surgeflow.cache.semantic import Probe, SemanticCache
+    from surgeflow.tracing import Tracer
 
 log = logging.getLogger("surgeflow.models")
 
@@ -46,6 +48,8 @@ class ModelClient:
     With a ``semantic`` cache, the models that enable ``cache.semantic`` also answer a miss with
     the cached answer of an earlier prompt that means the same (`surgeflow.cache.semantic`). The
     client uses that cache but does not own it: whoever made it closes it.
+
+    With a ``tracer``, each cache lookup and each attempt against an endpoint is a span.
     """
 
     def __init__(
@@ -58,8 +62,10 @@ class ModelClient:
         cache_ttl_s: float | None = None,
         semantic: SemanticCache | None = None,
         clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
         self._cache = cache
+        self._tracer = tracer
         self._semantic = semantic
         self._clock = clock
         self._coalescer: Coalescer[ChatResponse] = Coalescer()
@@ -79,7 +85,7 @@ class ModelClient:
             policy = make_policy(
                 model_settings.policy, hash_on=model_settings.hash_on, seed=policy_seed
             )
-            self._routers[model] = ModelRouter(model_settings, endpoints, policy)
+            self._routers[model] = ModelRouter(model_settings, endpoints, policy, tracer=tracer)
             if model_settings.active_checks.enabled:
                 self._checkers.append(ActiveChecker(endpoints, model_settings.active_checks))
             caching = model_settings.cache
@@ -237,32 +243,83 @@ class ModelClient:
             tags = _checked_tags(tags)
         cache = self._cache
         assert cache is not None
-        raw = await cache.get(cache_key)
-        if raw is not None:
-            value = fresh_value(raw, self._clock())
-            if value is not None:  # the hot path, inlined
-                try:
-                    response = _decode_response(value)
-                except msgspec.DecodeError:
-                    pass
-                else:
-                    self.hits += 1
-                    return response, "hit"
-            found = self._read(raw, cache_key, request, key, timeout_s, policy, tags)
-            if found is not None:
-                return found
-            await cache.delete(cache_key)  # corrupt, foreign or too old: dropped, never served
-        probe = None
-        if policy.semantic_threshold is not None:
-            answer, probe = await self._semantic_answer(request, key, mode, policy)
-            if answer is not None:
-                return answer, "semantic"
+        if self._tracer is None:
+            raw = await cache.get(cache_key)
+            if raw is not None:
+                value = fresh_value(raw, self._clock())
+                if value is not None:  # the hot path, inlined
+                    try:
+                        response = _decode_response(value)
+                    except msgspec.DecodeError:
+                        pass
+                    else:
+                        self.hits += 1
+                        return response, "hit"
+            found, probe = await self._look_further(
+                raw, cache_key, request, key, timeout_s, mode, tags, policy
+            )
+        else:
+            found, probe = await self._traced_lookup(
+                cache_key, request, key, timeout_s, mode, tags, policy
+            )
+        if found is not None:
+            return found
         self.misses += 1
         # A partial, not a closure: closure cells would cost every hit above.
         fill = functools.partial(
             self._fill, cache_key, request, key, timeout_s, policy, tags, probe
         )
         return await self._coalescer.run(cache_key, fill), "miss"
+
+    async def _look_further(
+        self,
+        raw: bytes | None,
+        cache_key: str,
+        request: ChatRequest,
+        key: RouteKey,
+        timeout_s: float | None,
+        mode: CacheMode,
+        tags: Sequence[str],
+        policy: _CachePolicy,
+        *,
+        semantic: bool = True,
+    ) -> tuple[tuple[ChatResponse, CacheStatus] | None, Probe | None]:
+        """The answer in entry ``raw`` (fresh, or stale: then a refresh starts), else one from
+        the semantic cache; and the probe to index this prompt with on a miss."""
+        if raw is not None:
+            found = self._read(raw, cache_key, request, key, timeout_s, policy, tags)
+            if found is not None:
+                return found, None
+            assert self._cache is not None
+            await self._cache.delete(cache_key)  # corrupt, foreign or too old: never served
+        if semantic and policy.semantic_threshold is not None:
+            answer, probe = await self._semantic_answer(request, key, mode, policy)
+            return (None if answer is None else (answer, "semantic")), probe
+        return None, None
+
+    async def _traced_lookup(
+        self,
+        cache_key: str,
+        request: ChatRequest,
+        key: RouteKey,
+        timeout_s: float | None,
+        mode: CacheMode,
+        tags: Sequence[str],
+        policy: _CachePolicy,
+        *,
+        semantic: bool = True,
+    ) -> tuple[tuple[ChatResponse, CacheStatus] | None, Probe | None]:
+        """The whole lookup (`_look_further` after a plain read) in a ``cache lookup`` span."""
+        assert self._tracer is not None
+        assert self._cache is not None
+        attributes = {tracing.GEN_AI_MODEL: request.model}
+        with self._tracer.span("cache lookup", attributes) as span:
+            raw = await self._cache.get(cache_key)
+            found, probe = await self._look_further(
+                raw, cache_key, request, key, timeout_s, mode, tags, policy, semantic=semantic
+            )
+            span.set_attribute(tracing.CACHE_STATUS, "miss" if found is None else found[1])
+        return found, probe
 
     async def _semantic_answer(
         self, request: ChatRequest, key: RouteKey, mode: CacheMode, policy: _CachePolicy
@@ -471,14 +528,16 @@ class ModelClient:
         if tags:
             tags = _checked_tags(tags)
         assert self._cache is not None
-        raw = await self._cache.get(cache_key)
-        if raw is not None:
-            found = self._read(raw, cache_key, request, key, timeout_s, policy, tags)
-            if found is not None:
-                response, status = found
-                include_usage = bool((request.stream_options or {}).get("include_usage"))
-                return _replay(replay_chunks(response, include_usage=include_usage)), status
-            await self._cache.delete(cache_key)
+        lookup = (cache_key, request, key, timeout_s, cache, tags, policy)
+        if self._tracer is None:
+            raw = await self._cache.get(cache_key)
+            found, _ = await self._look_further(raw, *lookup, semantic=False)
+        else:
+            found, _ = await self._traced_lookup(*lookup, semantic=False)
+        if found is not None:
+            response, status = found
+            include_usage = bool((request.stream_options or {}).get("include_usage"))
+            return _replay(replay_chunks(response, include_usage=include_usage)), status
         self.misses += 1
         chunks = self._stream_route(request, key, timeout_s)
         return self._stream_and_store(chunks, cache_key, policy, tags), "miss"

@@ -8,6 +8,7 @@ import enum
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
@@ -20,6 +21,9 @@ from surgeflow.errors import (
     UpstreamUnavailable,
 )
 from surgeflow.models.types import ChatChunk, ChatRequest, ChatResponse, ModelList
+
+if TYPE_CHECKING:
+    from surgeflow.tracing import Tracer
 
 # Below the 5 s idle timeout of uvicorn (vLLM) and similar servers, so the pool drops an idle
 # connection before the server does instead of reusing one the server is closing.
@@ -59,6 +63,7 @@ class OpenAIHTTPBackend:
     reused by every call. A ``session`` passed in is used as is and left open by ``aclose``: its
     owner closes it. ``model`` rewrites the request's model name when the upstream serves the
     model under another name. ``timeout_s`` on a call bounds the whole call, stream included.
+    With a ``tracer``, each chat call carries the current span's ``traceparent``.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class OpenAIHTTPBackend:
         read_timeout_s: float = 60.0,
         max_connections: int = 256,
         session: aiohttp.ClientSession | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -86,6 +92,7 @@ class OpenAIHTTPBackend:
         self._timeout = aiohttp.ClientTimeout(
             sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
+        self._tracer = tracer
         self._session = session
         self._owns_session = session is None
         self._state = _State.OPEN if session is not None else _State.UNOPENED
@@ -105,13 +112,14 @@ class OpenAIHTTPBackend:
         """Answer ``request`` in one piece."""
         session = self._open_session()
         body = self._encode(request, stream=False)
+        sent = self._headers if self._tracer is None else self._tracer.inject(self._headers)
         self.inflight += 1
         try:
             with self._translate_errors(timeout_s):
                 async with session.post(
                     self._chat_url,
                     data=body,
-                    headers=self._headers,
+                    headers=sent,
                     timeout=self._call_timeout(timeout_s),
                 ) as response:
                     payload = await response.read()
@@ -133,13 +141,14 @@ class OpenAIHTTPBackend:
         """Answer ``request`` as the chunks of its server-sent event stream."""
         session = self._open_session()
         body = self._encode(request, stream=True)
+        sent = self._headers if self._tracer is None else self._tracer.inject(self._headers)
         self.inflight += 1
         try:
             with self._translate_errors(timeout_s):
                 async with session.post(
                     self._chat_url,
                     data=body,
-                    headers=self._headers,
+                    headers=sent,
                     timeout=self._call_timeout(timeout_s),
                 ) as response:
                     if response.status >= 400:

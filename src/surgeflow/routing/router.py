@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
+from surgeflow import tracing
 from surgeflow.config import ModelSettings
 from surgeflow.errors import (
     ModelError,
@@ -30,6 +31,9 @@ from surgeflow.routing.budget import RetryBudget, backoff_s
 from surgeflow.routing.endpoint import Endpoint
 from surgeflow.routing.health import EjectionBudget, EndpointHealth, panic
 from surgeflow.routing.limits import EndpointLimits
+
+if TYPE_CHECKING:
+    from surgeflow.tracing import Span, Tracer
 
 _DEFAULT_COMPLETION_TOKENS = 256  # reserved against tokens/min when a request sets no max_tokens
 
@@ -67,13 +71,15 @@ class LatencyWindow:
 
 
 class ModelRouter:
-    """Routes one model's calls across its endpoints."""
+    """Routes one model's calls across its endpoints; with a ``tracer``, a span per attempt."""
 
     def __init__(
         self,
         settings: ModelSettings,
         endpoints: Sequence[Endpoint],
         policy: Policy,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError(f"model {settings.name!r} has no endpoints")
@@ -81,6 +87,7 @@ class ModelRouter:
         self.settings = settings
         self.endpoints = list(endpoints)
         self.policy = policy
+        self.tracer = tracer
         self.budget = RetryBudget(settings.retry)
         self.latencies = LatencyWindow()
         ejections = EjectionBudget(len(self.endpoints), settings.health.max_ejected_percent)
@@ -160,8 +167,12 @@ class ModelRouter:
             tried.append(endpoint)
             try:
                 if self.settings.hedge.enabled:
-                    return await self._hedged(endpoint, request, key, tokens, deadline, tried)
-                return await self._attempt(endpoint, request, tokens, deadline)
+                    return await self._hedged(
+                        endpoint, request, key, tokens, deadline, tried, attempt
+                    )
+                if self.tracer is None:
+                    return await self._attempt(endpoint, request, tokens, deadline)
+                return await self._traced_attempt(endpoint, request, tokens, deadline, attempt)
             except ModelError as exc:
                 await self._before_retry(exc, attempt, deadline)
 
@@ -206,6 +217,60 @@ class ModelRouter:
         finally:
             limits.release()
 
+    def _any_attempt(
+        self,
+        endpoint: Endpoint,
+        request: ChatRequest,
+        tokens: int,
+        deadline: float | None,
+        attempt: int,
+        hedge: bool = False,
+    ) -> Coroutine[Any, Any, ChatResponse]:
+        if self.tracer is None:
+            return self._attempt(endpoint, request, tokens, deadline)
+        return self._traced_attempt(endpoint, request, tokens, deadline, attempt, hedge)
+
+    async def _traced_attempt(
+        self,
+        endpoint: Endpoint,
+        request: ChatRequest,
+        tokens: int,
+        deadline: float | None,
+        attempt: int,
+        hedge: bool = False,
+    ) -> ChatResponse:
+        """`_attempt` in a client span, current while the backend calls (HTTP endpoints send it
+        on as ``traceparent``)."""
+        tracer = self.tracer
+        assert tracer is not None
+        attributes = self._span_attributes(endpoint, attempt, hedge)
+        with tracer.span(f"chat {self.name}", attributes, kind="client") as span:
+            try:
+                response = await self._attempt(endpoint, request, tokens, deadline)
+            except BaseException as exc:
+                _record_outcome(span, exc)
+                raise
+            span.set_attribute(tracing.OUTCOME, "ok")
+            if response.usage is not None:
+                span.set_attribute(tracing.GEN_AI_INPUT_TOKENS, response.usage.prompt_tokens)
+                span.set_attribute(tracing.GEN_AI_OUTPUT_TOKENS, response.usage.completion_tokens)
+            return response
+
+    def _span_attributes(
+        self, endpoint: Endpoint, attempt: int, hedge: bool = False, stream: bool = False
+    ) -> dict[str, str | int | bool]:
+        attributes: dict[str, str | int | bool] = {
+            tracing.GEN_AI_OPERATION: "chat",
+            tracing.GEN_AI_MODEL: self.name,
+            tracing.ENDPOINT: endpoint.name,
+            tracing.ATTEMPT: attempt,
+        }
+        if hedge:
+            attributes[tracing.HEDGE] = True
+        if stream:
+            attributes[tracing.STREAM] = True
+        return attributes
+
     def _succeeded(self, endpoint: Endpoint, latency_s: float, trial: bool) -> None:
         _health(endpoint).on_success(latency_s, trial=trial)
         endpoint.latency.observe(latency_s)
@@ -239,11 +304,14 @@ class ModelRouter:
         tokens: int,
         deadline: float | None,
         tried: list[Endpoint],
+        attempt: int = 1,
     ) -> ChatResponse:
         """The first answer of the attempt and, if it is slow, a second on another endpoint."""
         hedge = self.settings.hedge
         delay_s = hedge.after_s or self.latencies.p95()
-        first = asyncio.ensure_future(self._attempt(endpoint, request, tokens, deadline))
+        first = asyncio.ensure_future(
+            self._any_attempt(endpoint, request, tokens, deadline, attempt)
+        )
         if delay_s is None:
             return await first
         done, _ = await asyncio.wait({first}, timeout=max(delay_s, hedge.min_after_s))
@@ -257,7 +325,9 @@ class ModelRouter:
             return await first
         tried.append(other)
         self.hedges += 1
-        second = asyncio.ensure_future(self._attempt(other, request, tokens, deadline))
+        second = asyncio.ensure_future(
+            self._any_attempt(other, request, tokens, deadline, attempt, hedge=True)
+        )
         racers = {first, second}
         try:
             while racers:
@@ -287,7 +357,11 @@ class ModelRouter:
             attempt += 1
             endpoint = self.choose(key, tokens, tried)
             tried.append(endpoint)
-            chunks = self._stream_attempt(endpoint, request, tokens, deadline)
+            chunks = (
+                self._stream_attempt(endpoint, request, tokens, deadline)
+                if self.tracer is None
+                else self._traced_stream_attempt(endpoint, request, tokens, deadline, attempt)
+            )
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -325,6 +399,46 @@ class ModelRouter:
                 await _aclose(upstream)
             self._succeeded(endpoint, time.monotonic() - started, trial)
 
+    async def _traced_stream_attempt(
+        self,
+        endpoint: Endpoint,
+        request: ChatRequest,
+        tokens: int,
+        deadline: float | None,
+        attempt: int,
+    ) -> Any:
+        """`_stream_attempt` in a client span that lasts until the stream ends.
+
+        The span is current only while the first chunk is awaited (the request, and its
+        ``traceparent``, go out then): a context attached across the generator's yields would
+        leak into its reader and could not be detached if the reader closed it elsewhere.
+        """
+        tracer = self.tracer
+        assert tracer is not None
+        span = tracer.start(
+            f"chat {self.name}",
+            self._span_attributes(endpoint, attempt, stream=True),
+            kind="client",
+        )
+        chunks = self._stream_attempt(endpoint, request, tokens, deadline)
+        try:
+            with tracer.activate(span):
+                try:
+                    first = await anext(chunks)
+                except StopAsyncIteration:
+                    span.set_attribute(tracing.OUTCOME, "ok")
+                    return
+            yield first
+            async for chunk in chunks:
+                yield chunk
+            span.set_attribute(tracing.OUTCOME, "ok")
+        except BaseException as exc:
+            _record_outcome(span, exc, tracer)
+            raise
+        finally:
+            await chunks.aclose()
+            span.end()
+
     def snapshot(self) -> dict[str, Any]:
         """The router's state, for the admin API."""
         return {
@@ -352,6 +466,34 @@ class ModelRouter:
                 for e in self.endpoints
             ],
         }
+
+
+def _record_outcome(span: Span, exc: BaseException, tracer: Tracer | None = None) -> None:
+    """How an attempt ended, on its span; with ``tracer``, a failure also marks it failed (in
+    a ``tracer.span`` block the block's exit does that)."""
+    outcome = _OUTCOMES.get(type(exc))
+    if outcome is None:
+        outcome = "error"
+        for kind, name in _OUTCOMES.items():
+            if isinstance(exc, kind):
+                outcome = name
+                break
+    span.set_attribute(tracing.OUTCOME, outcome)
+    if isinstance(exc, UpstreamError):
+        span.set_attribute(tracing.UPSTREAM_STATUS, exc.status)
+    if tracer is not None and isinstance(exc, Exception):
+        tracer.fail(span, exc)
+
+
+# Also in the span's outcome when a hedge loses (cancelled) or the client leaves.
+_OUTCOMES: dict[type[BaseException], str] = {
+    RateLimited: "rate_limited",
+    UpstreamTimeout: "timeout",
+    UpstreamUnavailable: "unavailable",
+    Overloaded: "overloaded",
+    asyncio.CancelledError: "cancelled",
+    GeneratorExit: "closed",
+}
 
 
 def _health(endpoint: Endpoint) -> EndpointHealth:

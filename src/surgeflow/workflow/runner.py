@@ -7,14 +7,18 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from surgeflow import tracing
 from surgeflow.cache.base import Cache, default_ttl_s, pack_entry, unpack_entry
 from surgeflow.errors import AuthError, ConfigError, Conflict, NotFound, StepError, ValidationError
 from surgeflow.workflow.context import Context
 from surgeflow.workflow.nodes import Branch, Loop, Map, Node, Parallel, Step
+
+if TYPE_CHECKING:
+    from surgeflow.tracing import Tracer
 
 
 class StepEvent(msgspec.Struct, omit_defaults=True):
@@ -53,9 +57,18 @@ class Execution:
     A step whose key is in ``checkpoints`` is not executed again: its saved output is decoded and
     the run goes on from there. Keys are paths that stay the same on replay: ``draft``,
     ``score[3]`` (the fourth item of a Map), ``agent#2/act`` (the third round of loop ``agent``).
+    With a ``tracer``, each attempt of a step is a span, ``step <key>``.
     """
 
-    __slots__ = ("cache", "cache_ttl_s", "checkpoints", "on_checkpoint", "on_event", "workflow")
+    __slots__ = (
+        "cache",
+        "cache_ttl_s",
+        "checkpoints",
+        "on_checkpoint",
+        "on_event",
+        "tracer",
+        "workflow",
+    )
 
     def __init__(
         self,
@@ -66,6 +79,7 @@ class Execution:
         on_checkpoint: CheckpointHandler | None = None,
         cache: Cache | None = None,
         cache_ttl_s: float | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.workflow = workflow
         self.checkpoints: Mapping[str, bytes] = checkpoints or {}
@@ -73,6 +87,7 @@ class Execution:
         self.on_checkpoint = on_checkpoint
         self.cache = cache
         self.cache_ttl_s = cache_ttl_s
+        self.tracer = tracer
 
     async def run(self, nodes: Sequence[Node], ctx: Context, prefix: str = "") -> None:
         for node in nodes:
@@ -135,7 +150,9 @@ class Execution:
                 emit(StepEvent("step.started", key, attempt))
             started = time.perf_counter()
             try:
-                if step.timeout_s is None:
+                if self.tracer is not None:
+                    output = await self._traced_call(step, ctx, key, attempt)
+                elif step.timeout_s is None:
                     output = await step.fn(ctx)
                 else:
                     async with asyncio.timeout(step.timeout_s):
@@ -170,6 +187,25 @@ class Execution:
                 key, output, encoded, StepEvent("step.finished", key, attempt, duration_ms)
             )
             return output
+
+    async def _traced_call(self, step: Step, ctx: Context, key: str, attempt: int) -> Any:
+        """One attempt of ``step`` in its span (current: model calls in the step nest under it)."""
+        assert self.tracer is not None
+        attributes: tracing.Attributes = {
+            tracing.WORKFLOW: self.workflow,
+            tracing.STEP: step.name,
+            tracing.STEP_KEY: key,
+            tracing.ATTEMPT: attempt,
+        }
+        with self.tracer.span(f"step {key}", attributes) as span:
+            try:
+                if step.timeout_s is None:
+                    return await step.fn(ctx)
+                async with asyncio.timeout(step.timeout_s):
+                    return await step.fn(ctx)
+            except Exception as exc:
+                self.tracer.fail(span, _describe(exc, step))
+                raise
 
     async def _cached(self, cache_key: str, step: Step) -> tuple[Any, bytes] | None:
         """A cached output of ``step`` and its JSON; an entry that does not decode is dropped."""

@@ -16,6 +16,7 @@ from surgeflow.workflow.runner import CheckpointHandler, EventHandler, Execution
 if TYPE_CHECKING:
     from surgeflow.cache.base import Cache
     from surgeflow.models.client import ModelClient
+    from surgeflow.tracing import Tracer
 
 
 class Workflow:
@@ -73,12 +74,14 @@ class Workflow:
         on_checkpoint: CheckpointHandler | None = None,
         cache: Cache | None = None,
         cache_ttl_s: float | None = None,
+        tracer: Tracer | None = None,
     ) -> Any:
         """Run to the end and return the output.
 
         Steps found in ``checkpoints`` are not run again (resume); ``on_checkpoint`` is awaited
         with each finished step's JSON output before the next step starts; ``on_event`` is called
-        for every step event. Cancel the awaiting task to cancel the run.
+        for every step event. With a ``tracer`` each step attempt is a span (children of the
+        current one). Cancel the awaiting task to cancel the run.
         """
         ctx = Context(
             workflow=self.name,
@@ -94,6 +97,7 @@ class Workflow:
             on_checkpoint=on_checkpoint,
             cache=cache,
             cache_ttl_s=cache_ttl_s,
+            tracer=tracer,
         )
         await execution.run(self.nodes, ctx)
         return self.output(ctx) if self.output is not None else ctx.results[_last_step(self, ctx)]
