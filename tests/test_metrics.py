@@ -131,6 +131,12 @@ async def test_requests_are_counted_by_route_template_method_and_status(tmp_path
     assert sum(picks) == 1  # one miss went upstream; two hits did not
     ejected = [v for (n, _), v in samples.items() if n == "surgeflow_endpoint_ejected"]
     assert ejected == [0.0, 0.0]
+    states = {
+        dict(labels)["state"]: value
+        for (name, labels), value in samples.items()
+        if name == "surgeflow_endpoint_state" and ("endpoint", "sim-a") in labels
+    }
+    assert states == {"healthy": 1.0, "ejected": 0.0, "probing": 0.0}
 
 
 async def test_tokens_cost_and_the_queue_are_reported(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 cache_app = typer.Typer(help="Manage a running gateway's cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+alerts_app = typer.Typer(help="Check and export the alert rules.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 
 console = Console()
 T = TypeVar("T")
@@ -210,6 +212,52 @@ def mock_llm(
         await serve_forever(MockLLM(backend, models=model or ["mock"], api_key=api_key), host, port)
 
     _run(main())
+
+
+@alerts_app.command("export")
+def alerts_export(
+    config: ConfigOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of to stdout.")
+    ] = None,
+    group: Annotated[str, typer.Option(help="The rule group's name.")] = "surgeflow",
+) -> None:
+    """Write the alert rules as a Prometheus rules file, for Prometheus and Alertmanager.
+
+    The rules are the config's (`alerts.rules`), or the defaults: the same ones surgeflow
+    evaluates itself.
+    """
+    from surgeflow.alerts import prometheus_rules
+
+    settings = _settings(config)
+    try:
+        text = prometheus_rules(settings.alerts, group)
+    except SurgeflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    console.print(f"wrote {len(settings.alerts.rules)} rules to {output}")
+
+
+@alerts_app.command("check")
+def alerts_check(config: ConfigOption = None) -> None:
+    """Validate the alert rules and list them, with what each one watches."""
+    from surgeflow.alerts import validate
+
+    settings = _settings(config)
+    try:
+        rules = validate(settings.alerts)
+    except SurgeflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for rule in rules:
+        wait = f", for {rule.settings.for_}" if rule.for_s else ""
+        console.print(f"[bold]{rule.name}[/bold] ({rule.kind}{wait}): {rule.summary}")
+    console.print(f"{len(rules)} rules OK")
 
 
 @cache_app.command("clear")

@@ -227,15 +227,20 @@ class LogSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TracingSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """OpenTelemetry tracing (the ``tracing`` extra). ``exporter``: ``otlp`` sends spans over
-    OTLP/HTTP to ``endpoint`` (default: the exporter's own, ``http://localhost:4318/v1/traces``),
-    ``console`` prints them, ``none`` makes spans (and propagates ``traceparent``) but exports
-    nothing."""
+    """OpenTelemetry tracing (the ``tracing`` extra; spans and attributes: docs/observability.md).
+
+    ``exporter``: ``otlp`` sends spans over OTLP/HTTP to ``endpoint``, ``console`` prints them,
+    ``none`` makes spans (and propagates ``traceparent``) but exports nothing.
+    """
 
     enabled: bool = False
     exporter: Literal["otlp", "console", "none"] = "otlp"
+    # The full traces URL, path included (http://collector:4318/v1/traces). None: the
+    # exporter's own default, from OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT or localhost:4318.
     endpoint: str | None = None
-    service_name: str = "surgeflow"
+    service_name: str = "surgeflow"  # the spans' service.name
+    # The share of traces started here that are recorded; a caller's traceparent decides for
+    # the requests that carry one.
     sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
 
 

@@ -8,17 +8,26 @@ tenant or a prompt.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
-from collections.abc import Callable, Iterable, Iterator
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
+from surgeflow.routing.health import HealthState
 
+if TYPE_CHECKING:
     from surgeflow.cache.semantic import SemanticCache
     from surgeflow.queue.base import QueueStats
     from surgeflow.service import Service
@@ -90,6 +99,7 @@ class Metrics:
         self._queue = QueueCollector()
         self.register(self._queue)
         self._service = service
+        self.shared: SharedFigures | None = None  # the other processes' figures, if shared
 
     def __repr__(self) -> str:
         return f"<Metrics collectors={len(self.collectors)}>"
@@ -103,9 +113,170 @@ class Metrics:
         self._queue.stats = await self._service.queue.stats()
         self._queue.lease_expiries = self._service.queue.lease_expiries
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition (content type `METRICS_CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+    async def exposition(self) -> bytes:
+        """What ``GET /metrics`` answers: this process's figures now, plus the other
+        processes' when they share a directory (`SharedFigures`)."""
+        await self.refresh()
+        if self.shared is None:
+            return self.render()
+        peers = await asyncio.to_thread(self.shared.peers)
+        return self.render(merge_families(self.families(), peers))
+
+    def families(self) -> list[Metric]:
+        """This process's figures now, as metric families."""
+        return list(self.registry.collect())
+
+    def render(self, families: list[Metric] | None = None) -> bytes:
+        """The Prometheus text exposition (content type `METRICS_CONTENT_TYPE`) of
+        ``families`` (default: this process's own, now)."""
+        if families is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(families))
+        return generate_latest(registry)
+
+
+class _Fixed:
+    """A collector of families already gathered."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+# Gauges that every process reads from shared state (the queue's database) or that say
+# "this is so somewhere": merged by taking the largest value, not by adding them up.
+_GAUGES_MERGED_BY_MAX = frozenset(
+    {
+        "surgeflow_queue_ready",
+        "surgeflow_queue_leased",
+        "surgeflow_queue_dead",
+        "surgeflow_queue_oldest_ready_age_seconds",
+        "surgeflow_endpoint_ejected",
+        "surgeflow_endpoint_latency_ewma_seconds",
+        "surgeflow_alerts_firing",
+    }
+)
+# A peer whose file has not been rewritten for this long is gone: its counters and histograms
+# still count (totals must not go backwards), its gauges no longer do.
+PEER_STALE_S = 5.0
+
+
+class PeerFigures(msgspec.Struct):
+    """What one process published: its metric families and its requests per API key."""
+
+    families: list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]
+    keys: dict[str, int] = msgspec.field(default_factory=dict)
+    written_at: float = 0.0
+    pid: int = 0
+
+
+class SharedFigures:
+    """A directory (``server.metrics_dir``) where every process of one deployment publishes
+    its figures about once a second, so that ``GET /metrics``, the dashboard and the alerts of
+    any one process see them all. This plays the part of prometheus-client's multiprocess
+    mode without its cost on the hot path: counters stay plain ints, and a file is written
+    once a second instead of on every increment.
+
+    Each process writes its own file (``<host>-<pid>-<random>.json``, atomically by rename).
+    The file methods do blocking I/O: call them from a thread.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        token = secrets.token_hex(4)
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{token}.json"
+
+    def __repr__(self) -> str:
+        return f"<SharedFigures path={str(self.path)!r} name={self.name!r}>"
+
+    def publish(self, families: list[Metric], keys: dict[str, int]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        figures = PeerFigures(
+            families=[
+                (
+                    family.name,
+                    family.type,
+                    family.documentation,
+                    [(sample.name, sample.labels, sample.value) for sample in family.samples],
+                )
+                for family in families
+            ],
+            keys=keys,
+            written_at=time.time(),
+            pid=os.getpid(),
+        )
+        temporary = self.path / f".{self.name}.tmp"
+        temporary.write_bytes(msgspec.json.encode(figures))
+        temporary.replace(self.path / self.name)
+
+    def peers(self) -> list[tuple[PeerFigures, bool]]:
+        """Every other process's last figures, each with whether that process is alive."""
+        found: list[tuple[PeerFigures, bool]] = []
+        now = time.time()
+        for file in sorted(self.path.glob("*.json")):
+            if file.name == self.name:
+                continue
+            try:
+                figures = msgspec.json.decode(file.read_bytes(), type=PeerFigures)
+            except (OSError, msgspec.DecodeError):
+                continue  # vanished or half-written by an older version: skip this round
+            found.append((figures, now - figures.written_at < PEER_STALE_S))
+        return found
+
+    def forget(self) -> None:
+        """Remove this process's file (on a clean stop its counters go with it: call only
+        when the whole deployment's totals may restart, e.g. in tests)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / self.name).unlink()
+
+
+def merge_families(own: list[Metric], peers: list[tuple[PeerFigures, bool]]) -> list[Metric]:
+    """``own`` families plus every peer's: counters and histograms add up (a dead peer's
+    too), gauges add up over live processes, except those in `_GAUGES_MERGED_BY_MAX`."""
+    merged: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+
+    def add(
+        name: str,
+        typ: str,
+        documentation: str,
+        samples: Iterable[tuple[str, dict[str, str], float]],
+        alive: bool,
+    ) -> None:
+        if typ == "gauge" and not alive:
+            return
+        family = merged.get(name)
+        if family is None:
+            family = merged[name] = Metric(name, documentation, typ)
+            values[name] = {}
+        by_max = typ == "gauge" and name in _GAUGES_MERGED_BY_MAX
+        table = values[name]
+        for sample_name, labels, value in samples:
+            key = (sample_name, tuple(sorted(labels.items())))
+            before = table.get(key)
+            if before is None:
+                table[key] = value
+            else:
+                table[key] = max(before, value) if by_max else before + value
+
+    for family in own:
+        add(
+            family.name,
+            family.type,
+            family.documentation,
+            ((sample.name, sample.labels, sample.value) for sample in family.samples),
+            True,
+        )
+    for figures, alive in peers:
+        for name, typ, documentation, samples in figures.families:
+            add(name, typ, documentation, samples, alive)
+    for name, family in merged.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    return list(merged.values())
 
 
 class CacheCollector:
@@ -252,14 +423,14 @@ class Histogram:
 _BUCKET_LABELS = (*(f"{bound:g}" for bound in DURATION_BUCKETS), "+Inf")
 
 
-def quantile(counts: list[int], q: float) -> float | None:
+def quantile(counts: Sequence[float], q: float) -> float | None:
     """The ``q`` quantile of per-bucket ``counts`` (as kept by `Histogram`), interpolated
     linearly inside its bucket as Prometheus's histogram_quantile does; None if empty."""
     total = sum(counts)
     if total == 0:
         return None
     rank = q * total
-    cumulative = 0
+    cumulative = 0.0
     for index, count in enumerate(counts):
         if cumulative + count >= rank and count:
             if index == len(DURATION_BUCKETS):  # +Inf: the largest finite bound is all we know
@@ -494,10 +665,19 @@ class EndpointCollector:
                 labels=labels,
             ),
         }
+        # The breaker's state as an enum: one series per state, 1 for the current one.
+        states = GaugeMetricFamily(
+            "surgeflow_endpoint_state",
+            "The endpoint's circuit-breaker state: 1 for the current one of healthy, ejected,"
+            " probing (half-open).",
+            labels=[*labels, "state"],
+        )
         for router in self._service.models.snapshot():
             for endpoint in router["endpoints"]:
                 name = [router["model"], endpoint["name"]]
                 health, limits = endpoint["health"], endpoint["limits"]
+                for state in _BREAKER_STATES:
+                    states.add_metric([*name, state], 1.0 if health["state"] == state else 0.0)
                 values = {
                     "picks": endpoint["picks"],
                     "successes": health["successes"],
@@ -512,6 +692,10 @@ class EndpointCollector:
                 for stat, family in families.items():
                     family.add_metric(name, values[stat])
         yield from families.values()
+        yield states
+
+
+_BREAKER_STATES = tuple(state.value for state in HealthState)
 
 
 class ModelCollector:

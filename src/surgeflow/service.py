@@ -13,26 +13,30 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from surgeflow.alerts import Alerts
 from surgeflow.auth import KeyRing
 from surgeflow.cache.base import Cache
 from surgeflow.cache.memory import MemoryCache
 from surgeflow.config import EndpointSettings, Settings
 from surgeflow.errors import ConfigError, NotFound
 from surgeflow.events import EventHub, RunRecorder
-from surgeflow.metrics import Metrics, SemanticCollector
+from surgeflow.metrics import Metrics, SemanticCollector, SharedFigures
 from surgeflow.models.base import ModelBackend
 from surgeflow.models.client import ModelClient
 from surgeflow.models.openai_http import OpenAIHTTPBackend
 from surgeflow.models.simulated import SimulatedBackend
+from surgeflow.monitor import Monitor
 from surgeflow.queue.base import Queue
 from surgeflow.queue.sqlite import SQLiteQueue
 from surgeflow.store.base import Run, RunStatus, Store
 from surgeflow.store.sqlite import SQLiteStore
+from surgeflow.tracing import Tracing, build_tracing
 from surgeflow.worker import Worker
 from surgeflow.workflow import Workflow
 
 if TYPE_CHECKING:
     from surgeflow.cache.semantic import SemanticCache
+    from surgeflow.tracing import Tracer
 
 log = logging.getLogger("surgeflow.service")
 
@@ -55,6 +59,7 @@ class Service:
         embedded_worker: bool | None = None,
         api_keys: Iterable[str] | None = None,
         admin_keys: Iterable[str] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings = settings or Settings()
         if store is None or queue is None:
@@ -66,8 +71,10 @@ class Service:
         self.semantic: SemanticCache | None = None
         if models is None:
             self.semantic = _build_semantic(settings)
+        # None when tracing is off: then no part is handed a tracer, and nothing is traced.
+        self.tracing = tracing if tracing is not None else build_tracing(settings.tracing)
         self.models = models or build_model_client(
-            settings, cache=self.cache, semantic=self.semantic
+            settings, cache=self.cache, semantic=self.semantic, tracer=self.tracer
         )
         self.workflows: dict[str, Workflow] = dict(
             workflows if workflows is not None else load_workflows(settings)
@@ -76,6 +83,17 @@ class Service:
         self.metrics = Metrics(self)  # GET /metrics; other parts may register collectors here
         if self.semantic is not None:
             self.metrics.register(SemanticCollector(self.semantic))
+        metrics_dir = settings.server.metrics_dir
+        self.metrics.shared = SharedFigures(metrics_dir) if metrics_dir else None
+        # Samples the figures every second for the dashboard and the alert rules.
+        self.monitor = Monitor(
+            self.metrics, interval_s=settings.alerts.interval_s, shared=self.metrics.shared
+        )
+        self.alerts: Alerts | None = None
+        if settings.alerts.enabled:
+            self.alerts = Alerts(settings.alerts, lock_dir=metrics_dir)
+            self.monitor.listeners.append(self.alerts.evaluate)
+            self.metrics.register(self.alerts)
         if api_keys is None:  # keys to accept without a stored record, e.g. for a first deploy
             api_keys = os.environ.get("SURGEFLOW_API_KEYS", "").split(",")
         if admin_keys is None:
@@ -90,6 +108,11 @@ class Service:
         self.worker: Worker | None = self.new_worker() if run_worker else None
         self._worker_task: asyncio.Task[None] | None = None
         self.started_at: float | None = None
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """What this service's parts trace with; None when tracing is off."""
+        return None if self.tracing is None else self.tracing.tracer
 
     def new_worker(self, **overrides: Any) -> Worker:
         """A worker over this service's store, queue, workflows and models."""
@@ -109,6 +132,7 @@ class Service:
             cache=self.cache,
             hub=self.hub,
             stats=self.metrics.workflows,
+            tracer=self.tracer,
             **options,
         )
 
@@ -146,9 +170,14 @@ class Service:
             log.warning("no API keys exist yet: create one with `surgeflow keys create`")
         if self.worker is not None:
             self._worker_task = asyncio.create_task(self.worker.run(), name="embedded-worker")
+        if self.settings.server.metrics:
+            self.monitor.start()
         self.started_at = time.time()
 
     async def aclose(self) -> None:
+        await self.monitor.aclose()
+        if self.alerts is not None:
+            await self.alerts.aclose()
         if self.worker is not None and self._worker_task is not None:
             self.worker.stop()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,6 +189,8 @@ class Service:
         await self.cache.aclose()
         await self.queue.aclose()
         await self.store.aclose()
+        if self.tracing is not None:
+            await self.tracing.aclose()  # last: it exports the spans of everything above
 
     def workflow(self, name: str) -> Workflow:
         workflow = self.workflows.get(name)
@@ -171,7 +202,9 @@ class Service:
     async def invoke(self, workflow: Workflow, input: Any) -> Any:
         """Run a workflow inline (no persistence) and return its output."""
         on_event = self.metrics.workflows.step_observer(workflow.name)
-        return await workflow.run(input, models=self.models, cache=self.cache, on_event=on_event)
+        return await workflow.run(
+            input, models=self.models, cache=self.cache, on_event=on_event, tracer=self.tracer
+        )
 
     async def submit(
         self,
@@ -188,7 +221,10 @@ class Service:
         )
         if created:
             recorder = RunRecorder(self.store, run.id, self.hub)
-            recorder.emit("run.queued", data={"workflow": workflow})
+            data = {"workflow": workflow}
+            if self.tracer is not None:  # the worker's spans of the run join this trace
+                data.update(self.tracer.carrier())
+            recorder.emit("run.queued", data=data)
             await recorder.flush()
             await self.queue.put(run.id)
             self.metrics.workflows.run_submitted(workflow)
@@ -266,7 +302,9 @@ def _build_cache(settings: Settings) -> Cache:
     raise ConfigError(f"unsupported cache URL {url!r} (use memory:// or redis://host:port/db)")
 
 
-def build_backend(model: str, index: int, endpoint: EndpointSettings) -> ModelBackend:
+def build_backend(
+    model: str, index: int, endpoint: EndpointSettings, *, tracer: Tracer | None = None
+) -> ModelBackend:
     name = endpoint.name or f"{model}-{index}"
     if endpoint.simulated is not None:
         sim = endpoint.simulated
@@ -285,7 +323,11 @@ def build_backend(model: str, index: int, endpoint: EndpointSettings) -> ModelBa
     if endpoint.api_key_env and api_key is None:
         raise ConfigError(f"endpoint {name!r} reads its key from ${endpoint.api_key_env}, unset")
     return OpenAIHTTPBackend(
-        name, endpoint.url, api_key=api_key, max_connections=endpoint.max_concurrency
+        name,
+        endpoint.url,
+        api_key=api_key,
+        max_connections=endpoint.max_concurrency,
+        tracer=tracer,
     )
 
 
@@ -304,10 +346,16 @@ def _build_semantic(settings: Settings) -> SemanticCache | None:
 
 
 def build_model_client(
-    settings: Settings, *, cache: Cache | None = None, semantic: SemanticCache | None = None
+    settings: Settings,
+    *,
+    cache: Cache | None = None,
+    semantic: SemanticCache | None = None,
+    tracer: Tracer | None = None,
 ) -> ModelClient:
     routes = {
-        model.name: [build_backend(model.name, i, ep) for i, ep in enumerate(model.endpoints)]
+        model.name: [
+            build_backend(model.name, i, ep, tracer=tracer) for i, ep in enumerate(model.endpoints)
+        ]
         for model in settings.models
     }
     return ModelClient(
@@ -316,6 +364,7 @@ def build_model_client(
         cache=cache,
         cache_ttl_s=settings.cache.ttl_s,
         semantic=semantic,
+        tracer=tracer,
     )
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from surgeflow import logs
+from surgeflow import logs, tracing
 from surgeflow.errors import NotFound, StepError, ValidationError
 from surgeflow.events import EventHub, RunRecorder
 from surgeflow.queue.base import Job, Queue
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from surgeflow.cache.base import Cache
     from surgeflow.metrics import WorkflowStats
     from surgeflow.models.client import ModelClient
+    from surgeflow.tracing import Tracer
 
 log = logging.getLogger("surgeflow.worker")
 
@@ -75,6 +76,7 @@ class Worker:
         reconcile_interval_s: float = 60.0,
         worker_id: str | None = None,
         stats: WorkflowStats | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -89,6 +91,7 @@ class Worker:
         self.retry_backoff_s = retry_backoff_s
         self.reconcile_interval_s = reconcile_interval_s
         self.stats = stats
+        self.tracer = tracer
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.state = WorkerState.IDLE
         self.completed = 0
@@ -249,7 +252,31 @@ class Worker:
             error = f"no workflow named {run.workflow!r} is registered on this worker"
             await self._conclude(job, recorder, RunStatus.FAILED, error=error)
             return
-        await self._execute(job, run, workflow, recorder)
+        if self.tracer is None:
+            await self._execute(job, run, workflow, recorder)
+        else:
+            await self._traced_execute(job, run, workflow, recorder)
+
+    async def _traced_execute(
+        self, job: Job, run: Run, workflow: Workflow, recorder: RunRecorder
+    ) -> None:
+        """`_execute` in a ``run <workflow>`` span, after a ``queue wait`` span (first attempt:
+        from submission to now); both join the trace of the request that submitted the run."""
+        assert self.tracer is not None
+        parent = self.tracer.extract(await self._submitted_trace(run.id))
+        attributes: tracing.Attributes = {tracing.WORKFLOW: run.workflow, tracing.RUN_ID: run.id}
+        if job.attempts == 1:
+            self.tracer.record("queue wait", run.created_at, time.time(), attributes, parent=parent)
+        attributes = {**attributes, tracing.RUN_ATTEMPT: job.attempts}
+        with self.tracer.span(f"run {run.workflow}", attributes, parent=parent):
+            await self._execute(job, run, workflow, recorder)
+
+    async def _submitted_trace(self, run_id: str) -> dict[str, Any] | None:
+        """The trace context `Service.submit` put in the run's ``run.queued`` event, if any."""
+        for event in await self.store.list_events(run_id):
+            if event.type == "run.queued":
+                return event.data
+        return None
 
     async def _execute(self, job: Job, run: Run, workflow: Workflow, recorder: RunRecorder) -> None:
         checkpoints = await self.store.load_checkpoints(run.id)
@@ -277,6 +304,7 @@ class Worker:
                 on_event=on_event,
                 on_checkpoint=save,
                 cache=self.cache,
+                tracer=self.tracer,
             )
         except asyncio.CancelledError:
             await asyncio.shield(self._cancelled(job, recorder))
@@ -330,6 +358,10 @@ class Worker:
     ) -> None:
         """Record the terminal status, then its event, then let go of the job, in that order."""
         await self.store.finish_run(job.run_id, status, output=output, error=error)
+        if self.tracer is not None:  # on the run's span, when this is inside one
+            failed = status in (RunStatus.FAILED, RunStatus.DEAD)
+            outcome = {tracing.RUN_STATUS: status.value}
+            self.tracer.annotate(outcome, error=error if failed else None)
         active = self._active.get(job.run_id)
         if self.stats is not None and active is not None and active.workflow is not None:
             seconds = None if active.started is None else time.perf_counter() - active.started

@@ -1,8 +1,6 @@
 """The Redis tier against a real, private redis-server: shared hits, TTL, and degradation."""
 
 import asyncio
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +17,7 @@ from surgeflow.cache.tiered import TieredCache
 from surgeflow.config import EndpointSettings, ModelCacheSettings, ModelSettings
 from surgeflow.models import ChatRequest, Message, ModelClient, SimulatedBackend
 from tests.routing.clock import FakeClock
+from tests.tools import require_program
 
 
 def _free_port() -> int:
@@ -38,12 +37,7 @@ class RedisServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            message = "redis-server is not installed (apt-get install redis-server)"
-            if os.environ.get("SURGEFLOW_REQUIRE_SERVICES") == "1":
-                pytest.fail(message)
-            pytest.skip(message)
+        binary = require_program("redis-server", "apt-get install redis-server")
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         command += ["--appendonly", "no", "--dir", str(self._directory)]
         self._process = subprocess.Popen(

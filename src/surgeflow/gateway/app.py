@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from surgeflow import errors, logs
 from surgeflow.cache.keys import validate_tags
-from surgeflow.gateway import chat, runs
+from surgeflow.gateway import chat, dashboard, runs
 from surgeflow.gateway.http import (
     ClientGone,
     HTTPError,
@@ -63,6 +63,9 @@ class Gateway:
             ("GET", "/openapi.json"): _openapi,
             ("GET", "/metrics"): _metrics,
         }
+        if service.settings.server.dashboard:
+            self._public[("GET", "/dashboard")] = dashboard.page
+            self._public[("GET", "/dashboard/data")] = dashboard.data
         # The route label of each handler's requests in the metrics: a template, never a path
         # with an id in it.
         self._templates: dict[Handler, str] = {
@@ -143,6 +146,11 @@ class Gateway:
                     {"route": route, "status": status, "duration_ms": elapsed * 1000},
                 )
             logs.unbind(context)
+
+    def route_template(self, scope: Scope) -> str | None:
+        """The route template a request matches (``/v1/runs/{run_id}``), None if none does."""
+        handler = self._route(Request(scope, _no_receive))
+        return None if handler is None else self._templates.get(handler, "other")
 
     def _route(self, request: Request) -> Handler | None:
         method: str = request.scope["method"]
@@ -241,6 +249,10 @@ class _ResponseTracker:
         await self._send(message)
 
 
+async def _no_receive() -> Message:
+    raise RuntimeError("a routing probe reads no body")
+
+
 def _request_id(request: Request) -> bytes:
     """The caller's X-Request-Id when it is a sane token, else a new one."""
     given = request.header(b"x-request-id")
@@ -299,8 +311,7 @@ async def _admin_clear_cache(service: Service, request: Request, send: Send) -> 
 
 async def _metrics(service: Service, request: Request, send: Send) -> None:
     """Prometheus text exposition of this service's metrics (no key: keep the port private)."""
-    await service.metrics.refresh()
-    body = service.metrics.render()
+    body = await service.metrics.exposition()
     await send_bytes(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE.encode())])
 
 
