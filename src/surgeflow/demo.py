@@ -100,6 +100,7 @@ async def run_demo(
                     f"\nserving on [bold]{url}[/bold] with API key [bold]{api_key}[/bold]"
                 )
                 console.print(f"try: curl -H 'Authorization: Bearer {api_key}' {url}/v1/workflows")
+                console.print(f"live dashboard: {url}/dashboard   metrics: {url}/metrics")
                 console.print("Ctrl-C to stop")
                 await _wait_forever()
 
