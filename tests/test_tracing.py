@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import sys
 import time
@@ -33,6 +34,7 @@ from surgeflow.config import (
 from surgeflow.errors import ConfigError
 from surgeflow.gateway import Gateway
 from surgeflow.gateway.http import Message, Receive, Scope, Send
+from surgeflow.logs import Logging
 from surgeflow.mockllm import MockLLM
 from surgeflow.models.client import ModelClient
 from surgeflow.models.simulated import SimulatedBackend
@@ -559,3 +561,25 @@ def test_tracing_settings_build_each_exporter() -> None:
         tracing = Tracing(TracingSettings(enabled=True, exporter=exporter))
         assert f"exporter={exporter}" in repr(tracing)
         tracing.provider.shutdown()
+
+
+async def test_log_lines_of_a_traced_request_name_its_trace(
+    tmp_path: Path, upstream: Upstream, exporter: InMemorySpanExporter
+) -> None:
+    stream = io.StringIO()
+    logging_ = Logging(level="info", format="json", stream=stream)
+    logging_.start()
+    try:
+        async with serving(make_service(tmp_path, upstream, traced(exporter))) as http:
+            await chat(http)
+    finally:
+        logging_.stop()
+    access = [
+        line
+        for line in map(json.loads, stream.getvalue().splitlines())
+        if line["logger"] == "surgeflow.access" and line.get("route") == "/v1/chat/completions"
+    ]
+    [line] = access
+    request = one(exporter.get_finished_spans(), "POST /v1/chat/completions")
+    assert line["trace_id"] == ids(request)[0]
+    assert line["request_id"]  # still there, next to it

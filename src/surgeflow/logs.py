@@ -58,8 +58,11 @@ def bind(**ids: str | None) -> None:
 
 
 def bind_request(request_id: bytes) -> contextvars.Token[Mapping[str, str]]:
-    """Start a request's context (the gateway, per request); `unbind` ends it."""
-    return _context.set({"request_id": request_id.decode("ascii")})
+    """Start a request's context (the gateway, per request), on top of what its task already
+    carries (a trace id, when tracing is on); `unbind` ends it."""
+    outer = _context.get()
+    request = {"request_id": request_id.decode("ascii")}
+    return _context.set({**outer, **request} if outer else request)
 
 
 def unbind(token: contextvars.Token[Mapping[str, str]]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from surgeflow import tracing
+from surgeflow import logs, tracing
 from surgeflow.gateway.http import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ class TracedGateway:
         name = method if route is None else f"{method} {route}"
         with tracer.span(name, attributes, kind="server", parent=parent) as span:
             status = 0
+            context = span.get_span_context()
+            if context.is_valid:  # log lines about this request name its trace
+                logs.bind(trace_id=f"{context.trace_id:032x}")
 
             async def traced_send(message: Message) -> None:
                 nonlocal status
