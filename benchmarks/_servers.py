@@ -179,15 +179,22 @@ async def serve_gateway(
     port: int, upstream: str, api_key: str, admin_key: str = "", observability: str = "default"
 ) -> None:
     """``observability``: "default" as before (metrics on, logging not started), "on" (metrics,
-    JSON logs with an access line per request, written to /dev/null by the writer thread) or
-    "off" (no request metrics, no access log)."""
+    the monitor and alert rules, JSON logs with an access line per request, written to
+    /dev/null by the writer thread), "traced" (all of "on", plus OpenTelemetry spans for every
+    request, made and dropped: exporter none), "metrics" (metrics, monitor and alerts; no logs),
+    "logs" (JSON logs with access lines; no metrics) or "off" (no request metrics, no monitor,
+    no alerts, no access log)."""
+    metrics = observability in ("default", "on", "traced", "metrics")
+    access = observability in ("default", "on", "traced", "logs")
     from surgeflow.config import (
+        AlertSettings,
         EndpointSettings,
         LogSettings,
         ModelSettings,
         ServerSettings,
         Settings,
         StoreSettings,
+        TracingSettings,
     )
     from surgeflow.server import running_gateway
     from surgeflow.service import Service
@@ -197,8 +204,10 @@ async def serve_gateway(
             models=[ModelSettings(MODEL, [EndpointSettings(url=upstream.rstrip("/") + "/v1")])],
             store=StoreSettings(url=f"sqlite:///{Path(tmp) / 'gateway.db'}"),
             workflows=[],
-            server=ServerSettings(metrics=observability != "off"),
-            log=LogSettings(access=observability != "off"),
+            server=ServerSettings(metrics=metrics),
+            log=LogSettings(access=access),
+            alerts=AlertSettings(enabled=metrics),
+            tracing=TracingSettings(enabled=observability == "traced", exporter="none"),
         )
         assert settings.auth.enabled
         admin_keys = [admin_key] if admin_key else None
@@ -343,7 +352,10 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--admin-key", default="", help="gateway: an admin key too")
     parser.add_argument(
-        "--observability", choices=["default", "on", "off"], default="default", help="gateway"
+        "--observability",
+        choices=["default", "on", "traced", "metrics", "logs", "off"],
+        default="default",
+        help="gateway",
     )
     parser.add_argument("--hot-rate", type=float, default=-1.0, help="pyload: see HotMix")
     parser.add_argument("--hot-prompts", type=int, default=100, help="pyload: see HotMix")
@@ -354,7 +366,7 @@ def main() -> None:
     elif args.role == "bare":
         serve_bare(args.port, args.upstream)
     elif args.role == "gateway":
-        if args.observability == "on":
+        if args.observability in ("on", "traced", "logs"):
             from surgeflow.logs import Logging
 
             devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the process's life

@@ -1,8 +1,10 @@
 """Structured logs: JSON lines with the request, run and key ids; redaction; the access log."""
 
+import datetime
 import io
 import json
 import logging
+import time
 from pathlib import Path
 
 import aiohttp
@@ -110,3 +112,37 @@ async def test_each_request_has_an_id_in_its_response_and_its_access_line(
     assert float(first["duration_ms"]) >= 0  # type: ignore[arg-type]
     second = next(line for line in access if line.get("request_id") == generated)
     assert (second["route"], second["status"]) == ("/v1/runs/{run_id}", 404)
+
+
+def test_access_lines_and_records_keep_their_order_and_a_broken_stream_is_survived() -> None:
+    class Flaky(io.StringIO):
+        broken = False
+
+        def write(self, text: str) -> int:
+            if self.broken:
+                raise OSError("disk full")
+            return super().write(text)
+
+    stream = Flaky()
+    logging_ = Logging(level="info", format="json", stream=stream)
+    logging_.start()
+    log = logging.getLogger("surgeflow.test")
+    logs.access("GET /a 200", {"status": 200})
+    log.info("between")
+    logs.access("GET /b 200", {"status": 200})
+    time.sleep(0.3)  # the writer thread writes them
+    stream.broken = True
+    logs.access("GET /lost 200", {"status": 200})
+    time.sleep(0.3)  # a failed write is dropped; the writer goes on
+    stream.broken = False
+    logs.access("GET /c 200", {"status": 200})
+    logging_.stop()
+    assert [line["msg"] for line in lines(stream)] == [
+        "GET /a 200",
+        "between",
+        "GET /b 200",
+        "GET /c 200",
+    ]
+    stamp = lines(stream)[0]["ts"]
+    assert isinstance(stamp, str)
+    assert abs(datetime.datetime.fromisoformat(stamp).timestamp() - time.time()) < 5
