@@ -15,9 +15,10 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from surgeflow.config import ServerSettings
+from surgeflow.config import ServerSettings, load_settings
 from surgeflow.metrics import PEER_STALE_S, PeerFigures, SharedFigures, merge_families
 from surgeflow.server import running_gateway
+from surgeflow.service import Service
 from tests.gateway.conftest import API_KEY, make_service
 from tests.test_metrics import parse
 
@@ -216,3 +217,61 @@ async def test_metrics_of_two_gateway_processes_add_up_on_either(two_gateways: l
                 data = await response.json()
             assert data["totals"]["requests"] == 10
     assert totals == [10, 10]
+
+
+@pytest.fixture
+def worker_process(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A `surgeflow worker` process; the settings a gateway needs to share its store and
+    its metrics directory."""
+    shared = {
+        "SURGEFLOW_STORE__URL": f"sqlite:///{tmp_path / 'shared.db'}",
+        "SURGEFLOW_SERVER__METRICS_DIR": str(tmp_path / "figures"),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "surgeflow", "worker"],
+        cwd=tmp_path,
+        env={**os.environ, **shared, "SURGEFLOW_WORKER__POLL_INTERVAL_S": "0.05"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield shared
+    finally:
+        worker.terminate()
+        worker.wait(timeout=15)
+
+
+async def test_runs_a_worker_process_finished_show_on_the_gateway(
+    worker_process: dict[str, str],
+) -> None:
+    """The gateway runs no worker; a `surgeflow worker` process runs the runs, and the
+    gateway's /metrics counts them through the shared directory."""
+    settings = load_settings(env={**worker_process, "SURGEFLOW_WORKER__EMBEDDED": "false"})
+    async with (
+        Service(settings, api_keys=[API_KEY]) as service,
+        running_gateway(service) as url,
+    ):
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with aiohttp.ClientSession(url, headers=headers) as http:
+            run = {"input": {"user_id": "u01", "limit": 3}}
+            async with http.post("/v1/workflows/recommendation/runs", json=run) as response:
+                run_id = (await response.json())["id"]
+            finished = "surgeflow_runs_finished_total"
+            labels = (("status", "succeeded"), ("workflow", "recommendation"))
+            samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for _ in range(300):  # the run, then the worker's next publication
+                await asyncio.sleep(0.05)
+                async with http.get("/metrics") as response:
+                    samples = parse(await response.text())
+                if samples.get((finished, labels)):
+                    break
+            async with http.get(f"/v1/runs/{run_id}") as response:
+                status = (await response.json())["status"]
+    assert status == "succeeded"
+    assert samples[(finished, labels)] == 1
+    steps = [
+        value
+        for (name, labels_), value in samples.items()
+        if name == "surgeflow_steps_total" and ("workflow", "recommendation") in labels_
+    ]
+    assert sum(steps) >= 5  # its steps, counted in the worker process
