@@ -214,6 +214,206 @@ def mock_llm(
     _run(main())
 
 
+@app.command()
+def bench(
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Result files, for --compare, --plot-sweep or --plot.", show_default=False
+        ),
+    ] = None,
+    target: Annotated[str, typer.Option(help="What to load: chat, invoke or runs.")] = "chat",
+    url: Annotated[
+        str, typer.Option(help="Server root or OpenAI base URL (…/v1); loopback unless allowed.")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="SURGEFLOW_API_KEY", help="Sent as a Bearer token.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="chat: the model name.")] = "sim-small",
+    prompt: Annotated[str | None, typer.Option(help="chat: the prompt text.")] = None,
+    prompts: Annotated[
+        int | None, typer.Option(help="chat: N distinct prompts, cycled, at temperature 0.")
+    ] = None,
+    hit_ratio: Annotated[
+        float | None,
+        typer.Option(help="chat: share of requests repeating a hot prompt (temperature 0)."),
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="chat: max_tokens to send.")] = None,
+    workflow: Annotated[str, typer.Option(help="invoke, runs: the workflow's name.")] = "",
+    input: Annotated[str, typer.Option(help="invoke, runs: the input, a JSON object.")] = "{}",
+    rate: Annotated[
+        float | None, typer.Option(help="Open loop at this many req/s (default 10).")
+    ] = None,
+    ramp: Annotated[
+        str | None, typer.Option(help="Open loop, FROM:TO req/s, linearly over the duration.")
+    ] = None,
+    steps: Annotated[
+        str | None, typer.Option(help="Open loop, rates like 50,100,150, each for --step-s.")
+    ] = None,
+    step_s: Annotated[float, typer.Option(help="Seconds each of --steps lasts.")] = 10.0,
+    arrival: Annotated[
+        str, typer.Option(help="Open loop: constant (even gaps) or poisson (seeded).")
+    ] = "constant",
+    concurrency: Annotated[
+        int | None, typer.Option(help="Closed loop instead: N users, one request each.")
+    ] = None,
+    think_ms: Annotated[float, typer.Option(help="Closed loop: pause between requests.")] = 0.0,
+    duration_s: Annotated[
+        float | None, typer.Option(help="Load for this long (default 10, or the steps' total).")
+    ] = None,
+    warmup_s: Annotated[float, typer.Option(help="Load first, left out of the results.")] = 0.0,
+    requests: Annotated[int | None, typer.Option(help="Stop after this many requests.")] = None,
+    max_in_flight: Annotated[
+        int, typer.Option(help="Beyond this many in flight, requests are dropped and counted.")
+    ] = 10_000,
+    timeout_s: Annotated[float, typer.Option(help="Per request (runs: submit to end).")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seeds Poisson gaps and the hit-ratio draws.")] = 0,
+    allow_remote: Annotated[
+        list[str] | None,
+        typer.Option(help="Allow loading this non-loopback host (repeat for several)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the result as JSON here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Plot the run (or one result file) to this PNG.")
+    ] = None,
+    plot_sweep: Annotated[
+        Path | None, typer.Option(help="Plot the result files against offered load (PNG).")
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Compare the result files with the first.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view.")] = False,
+) -> None:
+    """Load a gateway (or any OpenAI-compatible server) open-loop, without coordinated omission.
+
+    Latency counts from each request's intended send time, so a stall is never hidden.
+
+    Loopback hosts only, unless --allow-remote names one: no load on another's server by mistake.
+    """
+    from rich.markup import escape
+
+    from surgeflow.tuning.bench_cli import BenchOptions, run_command
+
+    options = BenchOptions(
+        files=files or (),
+        target=target,
+        url=url,
+        api_key=api_key,
+        model=model,
+        prompt=prompt,
+        prompts=prompts,
+        hit_ratio=hit_ratio,
+        max_tokens=max_tokens,
+        workflow=workflow,
+        input=input,
+        rate=rate,
+        ramp=ramp,
+        steps=steps,
+        step_s=step_s,
+        arrival=arrival,
+        concurrency=concurrency,
+        think_ms=think_ms,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        requests=requests,
+        max_in_flight=max_in_flight,
+        timeout_s=timeout_s,
+        seed=seed,
+        allow_remote=allow_remote or (),
+        output=output,
+        plot=plot,
+        plot_sweep=plot_sweep,
+        compare=compare,
+        quiet=quiet,
+    )
+    try:
+        run_command(console, options)
+    except SurgeflowError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def plan(
+    scenario: Annotated[
+        Path | None,
+        typer.Argument(help="A scenario YAML file (docs/tuning.md).", show_default=False),
+    ] = None,
+    config: ConfigOption = None,
+    model: Annotated[
+        str | None, typer.Option(help="The model to plan (default: the first).")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help="Offered chat requests per second.")] = None,
+    hit_ratio: Annotated[float | None, typer.Option(help="Cache hit ratio, 0 to 1.")] = None,
+    gateways: Annotated[int | None, typer.Option(help="Gateway replicas.")] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="A gateway's /metrics URL: rate, hit ratio, latencies.")
+    ] = None,
+    metrics_interval_s: Annotated[
+        float, typer.Option(help="Seconds between the two scrapes of --metrics.")
+    ] = 3.0,
+    bench: Annotated[
+        Path | None, typer.Option(help="A surgeflow bench result: plan its load, compare.")
+    ] = None,
+    slo_p99_ms: Annotated[float | None, typer.Option(help="SLO: p99 latency bound.")] = None,
+    slo_p50_ms: Annotated[float | None, typer.Option(help="SLO: p50 latency bound.")] = None,
+    slo_error_ratio: Annotated[
+        float | None, typer.Option(help="SLO: largest share of errors (default 0.01).")
+    ] = None,
+    requests: Annotated[
+        int, typer.Option(min=1000, max=5_000_000, help="Requests per simulation.")
+    ] = 200_000,
+    seed: Annotated[int, typer.Option(help="Seeds the simulation.")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Latency against rate, as a PNG (plots extra).")
+    ] = None,
+    article_cases: Annotated[
+        bool, typer.Option("--article-cases", help="The source article's two worked cases.")
+    ] = False,
+) -> None:
+    """Predict latency, throughput and the bottleneck with a queueing model and a simulation.
+
+    From a scenario file, a config (--config, --model), a live gateway (--metrics) or a bench
+    result (--bench). With an SLO: the largest rate that meets it and, if it is missed now, the
+    cheapest change that meets it.
+    """
+    from rich.markup import escape
+
+    from surgeflow.tuning.report import PlanInputs, run_article_cases, run_plan
+
+    try:
+        if article_cases:
+            run_article_cases(console, requests=requests, seed=seed, json_out=json_out)
+            return
+        run_plan(
+            console,
+            PlanInputs(
+                scenario=scenario,
+                config=config,
+                model=model,
+                rate=rate,
+                hit_ratio=hit_ratio,
+                gateways=gateways,
+                metrics=metrics,
+                metrics_interval_s=metrics_interval_s,
+                bench=bench,
+                slo_p99_ms=slo_p99_ms,
+                slo_p50_ms=slo_p50_ms,
+                slo_error_ratio=slo_error_ratio,
+                requests=requests,
+                seed=seed,
+                json_out=json_out,
+                plot=plot,
+            ),
+        )
+    except SurgeflowError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 @alerts_app.command("export")
 def alerts_export(
     config: ConfigOption = None,

@@ -94,5 +94,7 @@ async def serve_forever(service: Service, host: str, port: int) -> None:
     async with running_gateway(service, host, port) as url:
         log.warning("surgeflow gateway listening on %s", url)
         print(f"surgeflow is serving on {url}  (Ctrl-C to stop)", flush=True)
+        if service.settings.server.dashboard:
+            print(f"live dashboard: {url}/dashboard", flush=True)
         await stop.wait()
         print("stopping: draining requests and runs …", flush=True)
