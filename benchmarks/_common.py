@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def child_process(
-    name: str, args: Sequence[str], *, port: int, startup_s: float = 20.0
+    name: str,
+    args: Sequence[str],
+    *,
+    port: int,
+    startup_s: float = 20.0,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``args`` in a new session until the block ends (error included); wait for ``port``."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            list(args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            list(args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         try:
             try:
