@@ -194,10 +194,17 @@ class ModelRouter:
     ) -> ChatResponse:
         timeout_s = self._timeout_s(deadline)
         limits, health = _limits(endpoint), _health(endpoint)
-        await limits.acquire(tokens)
+        # A call counts against its endpoint from the moment it is routed there, waiting for a
+        # slot or running: a policy that saw only the running ones would keep queueing calls
+        # behind a saturated endpoint (Envoy counts a request pending in a pool as active too).
+        endpoint.inflight += 1
+        try:
+            await limits.acquire(tokens)
+        except BaseException:
+            endpoint.inflight -= 1
+            raise
         try:
             trial = health.on_start()
-            endpoint.inflight += 1
             started = time.monotonic()
             try:
                 response = await endpoint.backend.chat(request, timeout_s=timeout_s)
@@ -383,21 +390,23 @@ class ModelRouter:
     ) -> Any:
         timeout_s = self._timeout_s(deadline)
         limits, health = _limits(endpoint), _health(endpoint)
-        async with limits.slot(tokens):
-            trial = health.on_start()
-            endpoint.inflight += 1
-            started = time.monotonic()
-            upstream = endpoint.backend.stream(request, timeout_s=timeout_s)
-            try:
-                async for chunk in upstream:
-                    yield chunk
-            except BaseException as exc:
-                self._failed(endpoint, exc, trial)
-                raise
-            finally:
-                endpoint.inflight -= 1
-                await _aclose(upstream)
-            self._succeeded(endpoint, time.monotonic() - started, trial)
+        endpoint.inflight += 1  # from routing on, waiting for a slot or running (`_attempt`)
+        try:
+            async with limits.slot(tokens):
+                trial = health.on_start()
+                started = time.monotonic()
+                upstream = endpoint.backend.stream(request, timeout_s=timeout_s)
+                try:
+                    async for chunk in upstream:
+                        yield chunk
+                except BaseException as exc:
+                    self._failed(endpoint, exc, trial)
+                    raise
+                finally:
+                    await _aclose(upstream)
+                self._succeeded(endpoint, time.monotonic() - started, trial)
+        finally:
+            endpoint.inflight -= 1
 
     async def _traced_stream_attempt(
         self,

@@ -61,6 +61,7 @@ class Pool:
         "endpoint",
         "error_rate",
         "group",
+        "holding",
         "max_queue",
         "rejected",
         "sample",
@@ -87,6 +88,7 @@ class Pool:
         self.endpoint = endpoint
         self.group = group
         self.slots = slots
+        self.holding = 0  # calls holding one of the slots (endpoint.inflight adds the waiters)
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.backend = backend

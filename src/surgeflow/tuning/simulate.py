@@ -307,6 +307,7 @@ class _Simulation:
                     call = waiter[0]
                     pool = call.pool
                     pool.waiting -= 1
+                    pool.endpoint.inflight -= 1
                     pool.rejected += 1
                     self._retry_or_fail(call, now, "queue_timeout")
             elif kind == _DEADLINE:
@@ -330,7 +331,7 @@ class _Simulation:
             call.deadline = now + deadline_s
             gw.budget.on_request()
         call.attempt += 1
-        admitted = [p for p in gw.pools if p.endpoint.inflight < p.slots or p.waiting < p.max_queue]
+        admitted = [p for p in gw.pools if p.holding < p.slots or p.waiting < p.max_queue]
         if not admitted:
             self._fail(call, now, "overloaded", rejected=True)
             return
@@ -349,7 +350,9 @@ class _Simulation:
         if now >= call.deadline:
             self._retry_or_fail(call, now, "deadline")
             return
-        if endpoint.inflight < pool.slots and not pool.waiting:
+        # The call counts against its endpoint from now, waiting or running, as the router's do.
+        endpoint.inflight += 1
+        if pool.holding < pool.slots and not pool.waiting:
             self._start(call, pool, now, now)
             return
         waiter = [call, _WAITING]
@@ -360,7 +363,7 @@ class _Simulation:
 
     def _start(self, call: Call, pool: Pool, now: float, queued_at: float) -> None:
         """The call holds a slot from ``now``; it reaches the backend (or its queue)."""
-        pool.endpoint.inflight += 1
+        pool.holding += 1
         pool.served += 1
         wait = now - queued_at
         pool.wait_sum += wait
@@ -393,8 +396,8 @@ class _Simulation:
 
     def _release(self, pool: Pool, call: Call, now: float, *, served: bool = True) -> None:
         """The call leaves its slot (and its backend, if it was being served there)."""
-        endpoint = pool.endpoint
-        endpoint.inflight -= 1
+        pool.endpoint.inflight -= 1
+        pool.holding -= 1
         pool.busy_s += now - call.started
         if served:
             backend = pool.backend
