@@ -414,6 +414,53 @@ def plan(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def tune(
+    config: ConfigOption = None,
+    model: Annotated[
+        str | None, typer.Option(help="The model to tune (default: the first).")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Offered chat requests per second.")] = 100.0,
+    slo_p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency bound.")] = 1000.0,
+    max_error_ratio: Annotated[float, typer.Option(help="SLO: largest share of errors.")] = 0.01,
+    trial_s: Annotated[float, typer.Option(help="Seconds of load per trial.")] = 10.0,
+    seed: Annotated[
+        int, typer.Option(help="Seeds the simulated endpoints, the arrivals and the model.")
+    ] = 1,
+    max_trials: Annotated[int, typer.Option(help="Bench trials at most.")] = 6,
+    plot: Annotated[
+        Path | None, typer.Option(help="Predicted and measured p99 against the knob (PNG).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the trials here.")] = None,
+) -> None:
+    """Choose the smallest max_concurrency per endpoint that meets an SLO at a rate.
+
+    The model picks a value; short bench trials against the embedded service, started with
+    each candidate, confirm it and walk to the boundary.
+    """
+    from rich.markup import escape
+
+    from surgeflow.tuning.tune_cli import TuneOptions, run_command
+
+    options = TuneOptions(
+        config=config,
+        model=model,
+        rate=rate,
+        slo_p99_ms=slo_p99_ms,
+        max_error_ratio=max_error_ratio,
+        trial_s=trial_s,
+        seed=seed,
+        max_trials=max_trials,
+        plot=plot,
+        json_out=json_out,
+    )
+    try:
+        run_command(console, options)
+    except SurgeflowError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 @alerts_app.command("export")
 def alerts_export(
     config: ConfigOption = None,
