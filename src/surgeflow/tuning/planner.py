@@ -140,26 +140,37 @@ def _notes(scenario: Scenario, analysis: Analysis, sim: SimResult | None) -> lis
 # -- the SLO -----------------------------------------------------------------------------------
 
 
+def latency_violations(
+    slo: SLO,
+    figures: tuple[float | None, float | None, float | None, float | None],
+    error_ratio: float,
+    missing: str,
+) -> list[str]:
+    """Why latencies ``figures`` (p50, p90, p99, mean, in ms) and ``error_ratio``, predicted
+    or measured, miss ``slo``; ``missing`` says why a latency the SLO bounds is absent."""
+    found = []
+    bounds = (slo.p50_ms, slo.p90_ms, slo.p99_ms, slo.mean_ms)
+    for name, bound, value in zip(("p50", "p90", "p99", "mean"), bounds, figures, strict=True):
+        if bound is None:
+            continue
+        if value is None:
+            found.append(f"{name}: {missing}")
+        elif value > bound:
+            found.append(f"{name} {value:,.1f} ms > {bound:g} ms")
+    if error_ratio > slo.max_error_ratio:
+        found.append(f"errors {error_ratio:.2%} > {slo.max_error_ratio:.2%}")
+    return found
+
+
 def violations(slo: SLO, prediction: Prediction) -> list[str]:
     """Why ``prediction`` misses ``slo`` (empty: it meets it)."""
     found = []
     if not prediction.stable:
         found.append("a station is unstable (its queue grows without bound)")
-    bounds = (
-        ("p50", slo.p50_ms, prediction.p50_ms),
-        ("p90", slo.p90_ms, prediction.p90_ms),
-        ("p99", slo.p99_ms, prediction.p99_ms),
-        ("mean", slo.mean_ms, prediction.mean_ms),
+    figures = (prediction.p50_ms, prediction.p90_ms, prediction.p99_ms, prediction.mean_ms)
+    found += latency_violations(
+        slo, figures, prediction.error_ratio, "no prediction (nothing succeeded, or not simulated)"
     )
-    for name, bound, value in bounds:
-        if bound is None:
-            continue
-        if value is None:
-            found.append(f"{name}: no prediction (nothing succeeded, or not simulated)")
-        elif value > bound:
-            found.append(f"{name} {value:,.1f} ms > {bound:g} ms")
-    if prediction.error_ratio > slo.max_error_ratio:
-        found.append(f"errors {prediction.error_ratio:.2%} > {slo.max_error_ratio:.2%}")
     if slo.run_p99_s is not None:
         if prediction.run_p99_s is None:
             found.append("run p99: no prediction (no runs in the scenario)")

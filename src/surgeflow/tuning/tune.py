@@ -30,7 +30,14 @@ from surgeflow.config import Settings
 from surgeflow.errors import ConfigError
 from surgeflow.tuning.bench import run_bench
 from surgeflow.tuning.network import analyze
-from surgeflow.tuning.planner import SEARCH_REQUESTS, Prediction, hopeless, predict, violations
+from surgeflow.tuning.planner import (
+    SEARCH_REQUESTS,
+    Prediction,
+    hopeless,
+    latency_violations,
+    predict,
+    violations,
+)
 from surgeflow.tuning.results import BenchResult, LoadSettings
 from surgeflow.tuning.scenario import SLO, Scenario, _model_settings
 from surgeflow.tuning.targets import TargetSettings
@@ -196,23 +203,9 @@ def next_value(
 
 def trial_violations(slo: SLO, result: BenchResult) -> list[str]:
     """Why a bench result misses ``slo`` (empty: it meets it)."""
-    found = []
     latency = result.latency
-    bounds = (
-        ("p50", slo.p50_ms, latency.p50_ms),
-        ("p90", slo.p90_ms, latency.p90_ms),
-        ("p99", slo.p99_ms, latency.p99_ms),
-        ("mean", slo.mean_ms, latency.mean_ms),
-    )
-    for name, bound, value in bounds:
-        if bound is None:
-            continue
-        if value is None:
-            found.append(f"{name}: nothing succeeded")
-        elif value > bound:
-            found.append(f"{name} {value:,.1f} ms > {bound:g} ms")
-    if result.error_ratio > slo.max_error_ratio:
-        found.append(f"errors {result.error_ratio:.2%} > {slo.max_error_ratio:.2%}")
+    figures = (latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.mean_ms)
+    found = latency_violations(slo, figures, result.error_ratio, "nothing succeeded")
     if result.counts.dropped:
         found.append(f"{result.counts.dropped:,} requests dropped by the load generator")
     return found
