@@ -4,10 +4,12 @@ import datetime
 import io
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from surgeflow import logs
 from surgeflow.logs import REDACTED, Logging
@@ -146,3 +148,19 @@ def test_access_lines_and_records_keep_their_order_and_a_broken_stream_is_surviv
     stamp = lines(stream)[0]["ts"]
     assert isinstance(stamp, str)
     assert abs(datetime.datetime.fromisoformat(stamp).timestamp() - time.time()) < 5
+
+
+def test_by_default_lines_go_to_whatever_stderr_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logging_ = Logging(level="info", format="json")  # no stream: the process's stderr
+    logging_.start()
+    log = logging.getLogger("surgeflow.test")
+    log.warning("one")
+    time.sleep(0.3)
+    first.close()  # a test runner swaps stderr and closes the old one
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    log.warning("two")
+    logging_.stop()
+    assert [line["msg"] for line in lines(second)] == ["two"]

@@ -299,6 +299,22 @@ class _UnflushedStreamHandler(logging.StreamHandler[Any]):
             self.handleError(record)
 
 
+class _StderrHandler(_UnflushedStreamHandler):
+    """Writes to whatever ``sys.stderr`` is when it writes: a test runner or an embedding
+    application may swap it (and close the old one) while the process's logging lives on."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 class Logging:
     """The process's logging: a deque on the hot path, a writer thread that formats and writes."""
 
@@ -310,12 +326,11 @@ class Logging:
         prompts: bool = False,
         stream: Any = None,
     ) -> None:
-        stream = stream or sys.stderr
         if format == "auto":
-            format = "console" if stream.isatty() else "json"
+            format = "console" if (stream or sys.stderr).isatty() else "json"
         formatter = ConsoleFormatter if format == "console" else JsonFormatter
         self.format = format
-        self._output = _UnflushedStreamHandler(stream)
+        self._output = _StderrHandler() if stream is None else _UnflushedStreamHandler(stream)
         self._output.setFormatter(formatter(prompts=prompts))
         self._handler = _BufferingHandler(self._output)
         self._handler.addFilter(_ContextFilter())
