@@ -417,26 +417,43 @@ def plan(
 @app.command()
 def tune(
     config: ConfigOption = None,
+    knob: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="What to tune: max_concurrency, max_in_flight, cache_ttl_s (chat);"
+            " worker_concurrency, workers (runs). Repeat to tune several, in that order."
+        ),
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="The load: chat requests, or durable workflow runs.")
+    ] = "chat",
     model: Annotated[
         str | None, typer.Option(help="The model to tune (default: the first).")
     ] = None,
-    rate: Annotated[float, typer.Option(help="Offered chat requests per second.")] = 100.0,
+    hit_ratio: Annotated[
+        float, typer.Option(help="Chat: the share of requests repeating a hot prompt.")
+    ] = 0.0,
+    prompts: Annotated[int, typer.Option(help="Chat: how many hot prompts repeat.")] = 1,
+    workflow: Annotated[str, typer.Option(help="Runs: the workflow to run.")] = "",
+    input: Annotated[str, typer.Option(help="Runs: the run's input, a JSON object.")] = "{}",
+    rate: Annotated[float, typer.Option(help="Offered requests (or runs) per second.")] = 100.0,
     slo_p99_ms: Annotated[float, typer.Option(help="SLO: p99 latency bound.")] = 1000.0,
     max_error_ratio: Annotated[float, typer.Option(help="SLO: largest share of errors.")] = 0.01,
     trial_s: Annotated[float, typer.Option(help="Seconds of load per trial.")] = 10.0,
     seed: Annotated[
         int, typer.Option(help="Seeds the simulated endpoints, the arrivals and the model.")
     ] = 1,
-    max_trials: Annotated[int, typer.Option(help="Bench trials at most.")] = 6,
+    max_trials: Annotated[int, typer.Option(help="Bench trials at most, per knob.")] = 6,
     plot: Annotated[
-        Path | None, typer.Option(help="Predicted and measured p99 against the knob (PNG).")
+        Path | None, typer.Option(help="Predicted and measured p99 against each knob (PNG).")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the trials here.")] = None,
 ) -> None:
-    """Choose the smallest max_concurrency per endpoint that meets an SLO at a rate.
+    """Choose the smallest setting that meets an SLO at a rate: slots per endpoint, the
+    admission limit, a cache TTL, worker slots or worker processes.
 
-    The model picks a value; short bench trials against the embedded service, started with
-    each candidate, confirm it and walk to the boundary.
+    The model picks a value; short bench trials against the service, started in this process
+    with each candidate, confirm it and walk to the boundary.
     """
     from rich.markup import escape
 
@@ -444,7 +461,13 @@ def tune(
 
     options = TuneOptions(
         config=config,
+        knobs=tuple(knob or ["max_concurrency"]),
+        target=target,
         model=model,
+        hit_ratio=hit_ratio,
+        prompts=prompts,
+        workflow=workflow,
+        input=input,
         rate=rate,
         slo_p99_ms=slo_p99_ms,
         max_error_ratio=max_error_ratio,

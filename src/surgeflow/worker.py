@@ -356,7 +356,10 @@ class Worker:
         bury: bool = False,
         dequeued: bool = False,
     ) -> None:
-        """Record the terminal status, then its event, then let go of the job, in that order."""
+        """Record the run's last step events, its terminal status, then its terminal event,
+        then let go of the job, in that order: a follower that sees the status finds every
+        event but the terminal one already written."""
+        await recorder.flush()
         await self.store.finish_run(job.run_id, status, output=output, error=error)
         if self.tracer is not None:  # on the run's span, when this is inside one
             failed = status in (RunStatus.FAILED, RunStatus.DEAD)

@@ -11,8 +11,19 @@ from typer.testing import CliRunner
 
 from surgeflow.cli import app
 from surgeflow.config import Settings, load_settings
+from surgeflow.errors import ConfigError
+from surgeflow.tuning.knobs import (
+    CacheTTL,
+    Candidate,
+    MaxConcurrency,
+    MaxInFlight,
+    WorkerConcurrency,
+    Workers,
+    Workload,
+)
 from surgeflow.tuning.scenario import SLO
-from surgeflow.tuning.tune import MaxConcurrency, next_value, smallest_passing, tune
+from surgeflow.tuning.tune import merge_snippets, next_value, smallest_passing, tune, tune_all
+from tests.tuning import sleepy
 
 RATE = 150.0
 SERVICE_MS = 20.0
@@ -87,7 +98,7 @@ async def test_tune_is_guided_by_the_model_and_ends_on_a_passing_trial(
 ) -> None:
     result = await tune(
         settings,
-        model="sim",
+        Workload(model="sim"),
         rate=RATE,
         slo=SLO(p99_ms=300),  # the config's 256 slots meet it easily
         knob=MaxConcurrency(),
@@ -126,7 +137,7 @@ async def test_tune_is_guided_by_the_model_and_ends_on_a_passing_trial(
 async def test_an_impossible_slo_ends_with_no_setting_not_a_crash(settings: Settings) -> None:
     # A p99 below the backend's own service time: no number of slots can meet it.
     result = await tune(
-        settings, model="sim", rate=RATE, slo=SLO(p99_ms=5), trial_s=1.0, seed=1, max_trials=3
+        settings, Workload(model="sim"), rate=RATE, slo=SLO(p99_ms=5), trial_s=1.0, max_trials=3
     )
     assert result.model_pick is None
     assert result.chosen is None
@@ -165,10 +176,11 @@ def test_tune_command_writes_the_trials_and_the_snippet(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "max_concurrency: sim at 150 req/s" in " ".join(result.output.split())
+    assert "max_concurrency: chat to sim at 150 req/s" in " ".join(result.output.split())
     assert "max_concurrency:" in result.output
     assert "slots in total" in result.output
-    document = json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    (document,) = report["results"]
     assert document["knob"] == "max_concurrency"
     assert 1 <= len(document["trials"]) <= 2
     assert document["trials"][0]["value"] == document["model_pick"]
@@ -180,6 +192,7 @@ def test_tune_command_writes_the_trials_and_the_snippet(tmp_path: Path) -> None:
     assert png.exists() == plots
     if document["chosen"] is not None:
         assert f"max_concurrency: {document['chosen']}" in document["snippet"]
+        assert report["snippet"] == document["snippet"]
 
 
 @pytest.mark.parametrize(
@@ -189,6 +202,13 @@ def test_tune_command_writes_the_trials_and_the_snippet(tmp_path: Path) -> None:
         (["--rate", "0"], "--rate must be > 0"),
         (["--slo-p99-ms", "-1"], "--slo-p99-ms must be > 0"),
         (["--max-trials", "0"], "--max-trials must be ≥ 1"),
+        (["--knob", "nope"], "no knob 'nope'; the knobs are max_concurrency, max_in_flight"),
+        (["--knob", "workers"], "knob workers is tuned under runs load, not chat"),
+        (["--knob", "cache_ttl_s"], "tuning cache_ttl_s needs repeated prompts"),
+        (["--target", "runs", "--knob", "workers"], "--target runs needs --workflow NAME"),
+        (["--target", "mail"], "--target must be chat or runs"),
+        (["--target", "runs", "--workflow", "w", "--input", "[1]"], "--input must be a JSON"),
+        (["--knob", "max_in_flight", "--knob", "max_in_flight"], "each knob may be named once"),
     ],
 )
 def test_tune_command_rejects_bad_input_in_one_line(
@@ -199,3 +219,166 @@ def test_tune_command_rejects_bad_input_in_one_line(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_snippets_merge_by_key_and_by_name() -> None:
+    merged = merge_snippets(
+        [
+            {"models": [{"name": "sim", "endpoints": [{"name": "a", "max_concurrency": 3}]}]},
+            {"server": {"max_in_flight": 40}},
+            {"models": [{"name": "sim", "cache": {"ttl_s": 5}}]},
+            {"models": [{"name": "other", "cache": {"ttl_s": 9}}]},
+        ]
+    )
+    assert merged == {
+        "models": [
+            {
+                "name": "sim",
+                "endpoints": [{"name": "a", "max_concurrency": 3}],
+                "cache": {"ttl_s": 5},
+            },
+            {"name": "other", "cache": {"ttl_s": 9}},
+        ],
+        "server": {"max_in_flight": 40},
+    }
+
+
+async def test_knobs_tuned_in_turn_build_on_each_other(settings: Settings) -> None:
+    # Slots first, then the admission limit with those slots in place: a handful of slots per
+    # endpoint needs only tens of requests in flight, far below the unlimited default.
+    report = await tune_all(
+        settings,
+        Workload(model="sim"),
+        [MaxConcurrency(), MaxInFlight()],
+        rate=RATE,
+        slo=SLO(p99_ms=300, max_error_ratio=0.02),
+        trial_s=1.0,
+        max_trials=2,
+        requests=10_000,  # per probe of the model: enough at these rates, and quicker
+    )
+    slots, admission = report.results
+    assert slots.knob == "max_concurrency"
+    assert admission.knob == "max_in_flight"
+    assert admission.current is None  # unlimited in the config
+    assert slots.chosen is not None
+    assert admission.chosen is not None
+    # The admission limit was tuned with the chosen slots in place: the model's pick for it
+    # is small, since a request holds a slot ~20 ms and 150 req/s keep ~3 in flight.
+    assert admission.model_pick is not None
+    assert admission.model_pick <= 64
+    merged = yaml.safe_load(report.snippet)
+    assert merged["server"] == {"max_in_flight": admission.chosen}
+    assert merged["models"][0]["endpoints"][0]["max_concurrency"] == slots.chosen
+    passed = [t for t in admission.trials if t.value == admission.chosen]
+    assert passed
+    assert passed[0].passed
+    assert passed[0].measured_error_ratio <= 0.02
+
+
+async def test_a_cache_ttl_is_chosen_for_repeated_prompts(tmp_path: Path) -> None:
+    # One slot per endpoint serves 100 calls/s; at 150 req/s the cache must answer a third of
+    # them. 60% repeat one of 100 prompts (0.9/s each): a TTL of T answers 0.6·0.9T/(1 + 0.9T),
+    # a third from about T = 1.4 s; the trials warm up a TTL long, so the cache is in its
+    # steady state when they measure.
+    settings = load_settings(write_config(tmp_path), env={})
+    model = settings.models[0]
+    candidate = MaxConcurrency().apply(
+        Candidate(settings=msgspec_replace_cache(settings)), model.name, 1
+    )
+    result = await tune(
+        candidate,
+        Workload(model="sim", hit_ratio=0.6, prompts=100),
+        knob=CacheTTL(),
+        rate=RATE,
+        slo=SLO(p99_ms=400),
+        trial_s=3.0,
+        max_trials=3,
+    )
+    assert result.model_pick is not None
+    assert 2 <= result.model_pick <= 4
+    assert result.chosen is not None
+    assert yaml.safe_load(result.snippet) == {
+        "models": [{"name": "sim", "cache": {"ttl_s": result.chosen}}]
+    }
+    assert result.resources is not None
+    assert 0 < result.resources <= 100
+    failed_below = [t for t in result.trials if not t.passed]
+    assert all(t.value < result.chosen for t in failed_below)
+
+
+def msgspec_replace_cache(settings: Settings) -> Settings:
+    """The test config with its model's cache on (`write_config` turns it off)."""
+    import msgspec
+
+    models = [
+        msgspec.structs.replace(m, cache=msgspec.structs.replace(m.cache, enabled=True))
+        for m in settings.models
+    ]
+    return msgspec.structs.replace(settings, models=models)
+
+
+def runs_settings(tmp_path: Path, concurrency: int) -> Settings:
+    document = {
+        "store": {"url": f"sqlite:///{tmp_path / 'unused.db'}"},
+        "log": {"access": False},
+        "worker": {"concurrency": concurrency, "poll_interval_s": 0.1},
+        "workflows": ["tests.tuning.sleepy:workflows"],
+    }
+    path = tmp_path / "runs.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return load_settings(path, env={})
+
+
+async def test_worker_slots_are_tuned_for_durable_runs(tmp_path: Path) -> None:
+    # Runs of 50 ms at 40/s keep 2 slots busy on average: 2 slots are ρ = 1, 3 or more meet a
+    # p99 of 300 ms.
+    result = await tune(
+        runs_settings(tmp_path, 64),
+        Workload(kind="runs", workflow="sleepy"),
+        knob=WorkerConcurrency(),
+        rate=40,
+        slo=SLO(p99_ms=300),
+        trial_s=2.0,
+        max_trials=3,
+    )
+    calibration = result.calibration
+    assert calibration is not None
+    assert sleepy.WAIT_S * 1000 <= calibration.service.mean_s * 1000 < sleepy.WAIT_S * 1000 + 30
+    assert calibration.cpu_ms < sleepy.WAIT_S * 1000  # the run waits; it hardly computes
+    assert result.model_pick is not None
+    assert 3 <= result.model_pick <= 6
+    probes = {p.value: p for p in result.probes}
+    assert not probes[result.model_pick - 1].passes
+    assert all(p.p99_ms is None for p in result.probes if p.value <= 2)  # ρ ≥ 1: ruled out
+    assert result.chosen is not None
+    assert 3 <= result.chosen <= 8
+    assert yaml.safe_load(result.snippet) == {"worker": {"concurrency": result.chosen}}
+
+
+@pytest.mark.slow
+async def test_worker_processes_are_tuned_with_real_processes(tmp_path: Path) -> None:
+    # One slot a worker: 50 ms runs at 10/s keep one slot half busy, so one process serves
+    # them; each of its runs reaches the follower through the store's poll (≤ 1 s).
+    result = await tune(
+        runs_settings(tmp_path, 1),
+        Workload(kind="runs", workflow="sleepy"),
+        knob=Workers(),
+        rate=10,
+        slo=SLO(p99_ms=3000),
+        trial_s=2.0,
+        max_trials=1,
+    )
+    assert result.model_pick == 1
+    (trial,) = result.trials
+    assert trial.value == 1
+    assert trial.passed, trial
+    assert trial.achieved_rps > 5  # runs did go through the worker process
+    assert trial.measured_p99_ms is not None
+    assert trial.measured_p99_ms > 50
+    assert yaml.safe_load(result.snippet) == {"worker": {"embedded": False}}
+    assert result.advice == "run 1 `surgeflow worker` process beside the gateway"
+
+
+async def test_tuning_input_no_trial_could_use_is_refused(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="is tuned under runs load"):
+        await tune(settings, Workload(model="sim"), knob=Workers(), rate=1, slo=SLO(p99_ms=1))

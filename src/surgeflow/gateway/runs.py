@@ -137,6 +137,7 @@ async def _follow(
 ) -> AsyncIterator[bytes]:
     idle_s = 0.0
     quiet_after_end = 0
+    timed_out = False
     while not disconnected.done():
         # Subscribe before reading, so an event written in between still wakes us.
         notified = service.hub.subscribe(run_id)
@@ -153,20 +154,23 @@ async def _follow(
                     return
             if events:
                 idle_s = 0.0
-            else:
-                # A run ends with a terminal event; one whose writer died before recording it
-                # still ends the stream once the store has said twice that it is over.
+                quiet_after_end = 0
+            elif timed_out:
+                # A run ends with a terminal event, written just after its terminal status; one
+                # whose writer died in between still ends the stream once the store has said
+                # that it is over at two polls in a row with no event between them.
                 run = await service.store.get_run(run_id)
                 quiet_after_end = quiet_after_end + 1 if run.status.terminal else 0
                 if quiet_after_end >= 2:
                     return
-                if idle_s >= _KEEPALIVE_S:
-                    yield b": keepalive\n\n"
-                    idle_s = 0.0
+            if idle_s >= _KEEPALIVE_S:
+                yield b": keepalive\n\n"
+                idle_s = 0.0
             waited = time.monotonic()
-            await asyncio.wait(
+            done, _ = await asyncio.wait(
                 [disconnected, notified], timeout=_POLL_S, return_when=asyncio.FIRST_COMPLETED
             )
+            timed_out = not done
             idle_s += time.monotonic() - waited
         finally:
             service.hub.unsubscribe(run_id, notified)

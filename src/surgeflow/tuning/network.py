@@ -326,12 +326,24 @@ def _runs(scenario: Scenario) -> Station:
     runs = scenario.runs
     assert runs is not None
     servers = runs.workers * runs.concurrency
-    service_s, scv = runs.service.mean_s, runs.service.scv_value
-    rho = runs.rate * service_s / servers
-    wait_s = allen_cunneen_wait_s(runs.rate, service_s, servers, ca2=1.0, cs2=scv)
+    stretch = runs.stretch  # the CPU's load stretches every run (∞: saturated)
+    alone_s, scv = runs.service.mean_s, runs.service.scv_value
+    service_s = alone_s * stretch if not math.isinf(stretch) else alone_s
+    rho = max(runs.rate * service_s / servers, runs.cpu_utilisation)
+    capacities = [servers / alone_s] if alone_s else []
+    if runs.cpu_ms:
+        capacities.append(runs.cpu_servers * 1000 / runs.cpu_ms)
+    wait_s = (
+        math.inf
+        if math.isinf(stretch)
+        else allen_cunneen_wait_s(runs.rate, service_s, servers, ca2=1.0, cs2=scv)
+    )
     if not math.isinf(wait_s) and runs.poll_interval_s:
         # A run that finds a worker idle waits for its next poll: half an interval on average.
         wait_s += (1 - erlang_c(servers, runs.rate * service_s)) * runs.poll_interval_s / 2
+    if not math.isinf(wait_s):
+        wait_s += runs.events_poll_s / 2  # a follower in another process learns of the end late
+        wait_s += runs.overhead_ms / 1000 * stretch
     unstable = math.isinf(wait_s)
     return Station(
         name="runs",
@@ -344,7 +356,7 @@ def _runs(scenario: Scenario) -> Station:
         utilisation=rho,
         wait_ms=None if unstable else wait_s * 1000,
         response_ms=None if unstable else (wait_s + service_s) * 1000,
-        capacity_rps=servers / service_s if service_s else None,
+        capacity_rps=min(capacities) if capacities else None,
         state=_state(rho, bounded=False),
-        formula="Allen–Cunneen M/G/c",
+        formula="Allen–Cunneen M/G/c, CPU as processor sharing",
     )

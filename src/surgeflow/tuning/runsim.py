@@ -31,15 +31,26 @@ def simulate_runs(
 
     A run that finds a slot free waits for the worker's next poll (uniform over
     ``poll_interval_s``); one that finds all busy starts when a slot frees, since a worker that
-    finishes a run leases the next at once.
+    finishes a run leases the next at once. Its end reaches a follower uniformly within
+    ``events_poll_s``. Service and overhead are stretched by the CPU's load (`RunQueue.stretch`).
     """
     if runs.rate <= 0:
         raise ValueError("runs.rate must be > 0 to simulate runs")
+    stretch = runs.stretch
+    if math.isinf(stretch):
+        raise ValueError(
+            f"the CPU is saturated (ρ = {runs.cpu_utilisation:.3g}): nothing to simulate"
+        )
     rng = random.Random(f"runs:{seed}")
-    sample = runs.service.sampler(random.Random(f"runs-service:{seed}"))
+    draw = runs.service.sampler(random.Random(f"runs-service:{seed}"))
+    overhead = runs.overhead_ms / 1000 * stretch
+
+    def sample() -> float:
+        return draw() * stretch
+
     servers = runs.workers * runs.concurrency
     free = [0.0] * servers  # when each slot frees, as a heap
-    rate, poll = runs.rate, runs.poll_interval_s
+    rate, poll, follow = runs.rate, runs.poll_interval_s, runs.events_poll_s
     skip = int(count * warmup)
     responses = array("d")
     wait_sum = 0.0
@@ -53,7 +64,8 @@ def simulate_runs(
         heapq.heapreplace(free, start + service)
         busy += service
         if i >= skip:
-            responses.append(start + service - now)
+            late = rng.random() * follow if follow else 0.0
+            responses.append(start + service - now + late + overhead)
             wait_sum += start - now
     ordered = sorted(responses)
     return RunStats(

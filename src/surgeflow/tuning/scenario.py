@@ -277,13 +277,40 @@ class ModelTier(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class RunQueue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Durable runs: ``rate`` runs/s to ``workers`` × ``concurrency`` slots, each run holding
     one for its ``service`` time; an idle worker finds a new run within ``poll_interval_s``
-    (0: woken at once, as an embedded worker is)."""
+    (0: woken at once, as an embedded worker is). A client following a run's events learns of
+    its end within ``events_poll_s`` of it (a gateway re-reading the store for a run another
+    process executes; 0: notified at once).
+
+    ``overhead_ms``: what a run takes outside its slot with nothing else running (submitting it,
+    handing it to a worker, reading its events). ``cpu_ms``: the CPU time one run costs in all,
+    shared by ``cpu_servers`` event loops (processes, one core each). The share of the run's time
+    that is CPU stretches by 1/(1 − ρ) when the CPU is busy a share ρ of the time (processor
+    sharing); the rest (waiting for a model, say) does not.
+    """
 
     rate: NonNegative
     service: ServiceTime
     workers: PositiveInt = 1
     concurrency: PositiveInt = 64
     poll_interval_s: NonNegative = 0.0
+    events_poll_s: NonNegative = 0.0
+    overhead_ms: NonNegative = 0.0
+    cpu_ms: NonNegative = 0.0
+    cpu_servers: PositiveInt = 1
+
+    @property
+    def cpu_utilisation(self) -> float:
+        return self.rate * self.cpu_ms / 1000 / self.cpu_servers
+
+    @property
+    def stretch(self) -> float:
+        """How much longer a run's time is under load than alone (∞: the CPU is saturated)."""
+        rho = self.cpu_utilisation
+        if rho >= 1:
+            return math.inf
+        alone = self.overhead_ms + self.service.mean_s * 1000
+        cpu_share = min(1.0, self.cpu_ms / alone) if alone > 0 else 0.0
+        return 1 - cpu_share + cpu_share / (1 - rho)
 
 
 class Costs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -5,8 +5,10 @@ write JSON and a plot. Bad input raises `ConfigError`, which the command line pr
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,14 +16,15 @@ from rich.table import Table
 
 from surgeflow.config import load_settings
 from surgeflow.errors import ConfigError
+from surgeflow.tuning.knobs import Workload, knob_named
 from surgeflow.tuning.scenario import SLO
 from surgeflow.tuning.tune import (
     DEFAULT_MAX_TRIALS,
-    MaxConcurrency,
     Trial,
+    TuneReport,
     TuneResult,
     check_inputs,
-    tune,
+    tune_all,
 )
 
 
@@ -30,7 +33,13 @@ class TuneOptions:
     """The command line's options, as given."""
 
     config: Path | None = None
+    knobs: tuple[str, ...] = ("max_concurrency",)
+    target: str = "chat"
     model: str | None = None
+    hit_ratio: float = 0.0
+    prompts: int = 1
+    workflow: str = ""
+    input: str = "{}"
     rate: float = 100.0
     slo_p99_ms: float = 1000.0
     max_error_ratio: float = 0.01
@@ -41,46 +50,71 @@ class TuneOptions:
     json_out: Path | None = None
 
 
-def run_command(console: Console, options: TuneOptions) -> TuneResult:
+def workload_of(options: TuneOptions) -> Workload:
+    if options.target not in ("chat", "runs"):
+        raise ConfigError(f"--target must be chat or runs, not {options.target!r}")
+    try:
+        given = json.loads(options.input)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--input is not JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise ConfigError("--input must be a JSON object")
+    return Workload(
+        kind="runs" if options.target == "runs" else "chat",
+        model=options.model or "",
+        hit_ratio=options.hit_ratio,
+        prompts=options.prompts,
+        workflow=options.workflow,
+        input=given,
+    )
+
+
+def run_command(console: Console, options: TuneOptions) -> TuneReport:
     """Everything ``surgeflow tune`` does but parse arguments."""
     if not options.slo_p99_ms > 0:
         raise ConfigError(f"--slo-p99-ms must be > 0, not {options.slo_p99_ms:g}")
     if not 0 <= options.max_error_ratio <= 1:
         raise ConfigError(f"--max-error-ratio must be within 0..1, not {options.max_error_ratio:g}")
+    knobs = [knob_named(name) for name in options.knobs]
     if options.plot is not None:
         from surgeflow.tuning.plots import pyplot
 
         pyplot()  # fail now, not after the trials, when matplotlib is missing
     settings = load_settings(options.config)  # no file: the embedded default
     slo = SLO(p99_ms=options.slo_p99_ms, max_error_ratio=options.max_error_ratio)
-    knob = MaxConcurrency()
-    model = check_inputs(
+    _, workload = check_inputs(
         settings,
-        model=options.model,
+        workload_of(options),
+        knobs,
         rate=options.rate,
         trial_s=options.trial_s,
         max_trials=options.max_trials,
     )
+    names = ", then ".join(knob.name for knob in knobs)
+    unit = "runs/s" if workload.kind == "runs" else "req/s"
     console.print(
-        f"[bold]surgeflow tune[/bold]: {knob.name} of {model} at"
-        f" {options.rate:g} req/s for {slo.describe()}; trials of {options.trial_s:g} s"
-        f" (at most {options.max_trials}), seed {options.seed}"
+        f"[bold]surgeflow tune[/bold]: {names} for {escape(workload.describe())} at"
+        f" {options.rate:g} {unit}, {slo.describe()}; trials of {options.trial_s:g} s"
+        f" (at most {options.max_trials} a knob), seed {options.seed}"
     )
+    if workload.kind == "runs":
+        console.print("  measuring one run alone (one at a time, for up to 5 s) …")
 
-    def show(trial: Trial) -> None:
+    def show(name: str, trial: Trial) -> None:
         verdict = "[green]pass[/green]" if trial.passed else "[red]fail[/red]"
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(trial.errors.items()))
         console.print(
-            f"  trial {knob.name}={trial.value}: measured p99 {_ms(trial.measured_p99_ms)} ms,"
-            f" errors {trial.measured_error_ratio:.2%}: {verdict}"
+            f"  trial {name}={trial.value}: measured p99 {_ms(trial.measured_p99_ms)} ms,"
+            f" errors {trial.measured_error_ratio:.2%}{f' ({kinds})' if kinds else ''}: {verdict}"
         )
 
-    async def main() -> TuneResult:
-        return await tune(
+    async def main() -> TuneReport:
+        return await tune_all(
             settings,
-            model=model,
+            workload,
+            knobs,
             rate=options.rate,
             slo=slo,
-            knob=knob,
             trial_s=options.trial_s,
             seed=options.seed,
             max_trials=options.max_trials,
@@ -90,18 +124,18 @@ def run_command(console: Console, options: TuneOptions) -> TuneResult:
     try:
         import uvloop
 
-        result = uvloop.run(main())
+        report = uvloop.run(main())
     except ImportError:
-        result = asyncio.run(main())
-    render(console, result)
+        report = asyncio.run(main())
+    render(console, report)
     if options.json_out is not None:
         options.json_out.parent.mkdir(parents=True, exist_ok=True)
-        options.json_out.write_bytes(result.to_json())
+        options.json_out.write_bytes(report.to_json())
         console.print(f"wrote {options.json_out}")
     if options.plot is not None:
-        plot_tune(result, options.plot)
+        plot_tune(report, options.plot)
         console.print(f"wrote {options.plot}")
-    return result
+    return report
 
 
 def _ms(value: float | None) -> str:
@@ -109,8 +143,9 @@ def _ms(value: float | None) -> str:
 
 
 def trial_table(result: TuneResult) -> Table:
+    unit = "runs/s" if result.workload.kind == "runs" else "req/s"
     table = Table(
-        title=f"{result.knob}: {result.model} at {result.rate_rps:g} req/s, "
+        title=f"{result.knob}: {result.workload.describe()} at {result.rate_rps:g} {unit}, "
         + result.slo.describe(),
         caption="p99 in ms; ruled out: the closed forms exclude it (ρ ≥ 1 …)",
     )
@@ -130,27 +165,55 @@ def trial_table(result: TuneResult) -> Table:
     return table
 
 
-def render(console: Console, result: TuneResult) -> None:
-    console.print(trial_table(result))
-    console.print(escape(result.outcome), soft_wrap=True)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
-    if result.chosen is None:
+def render(console: Console, report: TuneReport) -> None:
+    for result in report.results:
+        if result.calibration is not None:
+            console.print(f"measured: {escape(result.calibration.describe())}", soft_wrap=True)
+        console.print(trial_table(result))
+        console.print(escape(result.outcome), soft_wrap=True)
+        for warning in result.warnings:
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+        if result.chosen is not None:
+            current = "unlimited" if result.current is None else f"{result.current:,}"
+            console.print(
+                f"chosen: [bold]{result.knob} {result.chosen:,}[/bold] (the config has"
+                f" {current}); {result.resources:,} {result.resource_unit}"
+            )
+    if not report.snippet:
         return
-    console.print(
-        f"chosen: [bold]{result.knob} {result.chosen}[/bold] (the config has {result.current});"
-        f" {result.resources:,} {result.resource_unit}"
-    )
-    console.print("# in the config (other keys of the model and its endpoints as they were):")
-    console.print(escape(result.snippet), end="", soft_wrap=True, highlight=False)
+    console.print("# in the config (other keys of the models and endpoints as they were):")
+    console.print(escape(report.snippet), end="", soft_wrap=True, highlight=False)
+    for advice in report.advice:
+        console.print(f"# and {escape(advice)}", soft_wrap=True, highlight=False)
 
 
-def plot_tune(result: TuneResult, path: Path) -> None:
-    """Predicted and measured p99 against the knob's value, with the SLO line."""
+def plot_tune(report: TuneReport, path: Path) -> None:
+    """Per knob (a column): predicted and measured p99 against its value, with the SLO line,
+    and below it the error ratio, with the SLO's bound."""
     from surgeflow.tuning.plots import pyplot
 
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(8, 5), layout="constrained")
+    count = len(report.results)
+    figure, panels = plt.subplots(
+        2,
+        count,
+        figsize=(7 * count, 7),
+        layout="constrained",
+        squeeze=False,
+        sharex="col",
+        height_ratios=(3, 1.3),
+    )
+    for column, result in enumerate(report.results):
+        _plot_latency(plt, panels[0][column], result)
+        _plot_errors(panels[1][column], result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        figure.savefig(path, dpi=110)
+    finally:
+        plt.close(figure)
+
+
+def _plot_latency(plt: Any, axes: Any, result: TuneResult) -> None:
     predicted = [(p.value, p.p99_ms) for p in result.probes if p.p99_ms is not None]
     if predicted:
         axes.plot(*zip(*predicted, strict=True), marker=".", label="predicted p99 (model)")
@@ -175,13 +238,29 @@ def plot_tune(result: TuneResult, path: Path) -> None:
     ]
     if shown and max(shown) > 20 * min(shown):
         axes.set_yscale("log")  # an overloaded value's p99 is orders of magnitude above
-    axes.set_xlabel(result.knob)
+    unit = "runs/s" if result.workload.kind == "runs" else "req/s"
     axes.set_ylabel("p99 latency (ms)")
-    axes.set_title(f"surgeflow tune: {result.model} at {result.rate_rps:g} req/s")
-    axes.legend()
+    axes.set_title(
+        f"{result.knob}: {result.workload.describe()} at {result.rate_rps:g} {unit}", fontsize=10
+    )
+    axes.legend(fontsize=8)
     axes.grid(alpha=0.3, which="both")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        figure.savefig(path, dpi=110)
-    finally:
-        plt.close(figure)
+
+
+def _plot_errors(axes: Any, result: TuneResult) -> None:
+    predicted = [(p.value, 100 * p.error_ratio) for p in result.probes]
+    if predicted:
+        axes.plot(*zip(*predicted, strict=True), marker=".", label="predicted")
+    for passed, colour in ((True, "tab:green"), (False, "tab:red")):
+        points = [
+            (t.value, 100 * t.measured_error_ratio) for t in result.trials if t.passed is passed
+        ]
+        if points:
+            axes.scatter(*zip(*points, strict=True), color=colour, zorder=3)
+    axes.axhline(100 * result.slo.max_error_ratio, ls="--", color="grey", label="SLO bound")
+    if result.chosen is not None:
+        axes.axvline(result.chosen, ls=":", color="tab:green")
+    axes.set_xlabel(result.knob)
+    axes.set_ylabel("errors (%)")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3, which="both")
