@@ -15,7 +15,7 @@ import resource
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
@@ -92,9 +92,11 @@ async def run_trial(
     *,
     workdir: Path,
     scrape: bool = False,
+    on_worker_cpu: Callable[[float], None] | None = None,
 ) -> BenchResult:
     """Start ``candidate`` (already `isolated`), offer it ``load`` of ``workload``, stop it;
-    with ``scrape``, the result has the gateway's own figures."""
+    with ``scrape``, the result has the gateway's own figures; ``on_worker_cpu`` is given the
+    CPU seconds the worker processes used during the load."""
     from surgeflow.server import running_gateway
     from surgeflow.service import Service
 
@@ -103,18 +105,36 @@ async def run_trial(
     async with (
         Service(candidate.settings, api_keys=[key], embedded_worker=embedded) as service,
         running_gateway(service) as url,
-        worker_processes(candidate, workdir),
+        worker_processes(candidate, workdir) as pids,
     ):
-        return await run_bench(target_for(workload, url), load, api_key=key, scrape_metrics=False)
+        before = [_process_cpu_s(pid) for pid in pids]
+        result = await run_bench(
+            target_for(workload, url), load, api_key=key, scrape_metrics=scrape
+        )
+        if on_worker_cpu is not None and pids:
+            after = [_process_cpu_s(pid) for pid in pids]
+            if None not in before and None not in after:
+                on_worker_cpu(sum(a or 0.0 for a in after) - sum(b or 0.0 for b in before))
+        return result
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    """The CPU time process ``pid`` has used (Linux's /proc; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 @contextlib.asynccontextmanager
-async def worker_processes(candidate: Candidate, workdir: Path) -> AsyncIterator[None]:
+async def worker_processes(candidate: Candidate, workdir: Path) -> AsyncIterator[list[int]]:
     """``candidate.workers`` ``surgeflow worker`` processes on its config, started (each has
-    said so) before the block and stopped (SIGTERM, then SIGKILL) after it."""
+    said so) before the block and stopped (SIGTERM, then SIGKILL) after it; yields their pids."""
     count = candidate.workers or 0
     if count == 0:
-        yield
+        yield []
         return
     config = workdir / "worker.yaml"
     document = msgspec.to_builtins(candidate.settings)
@@ -141,7 +161,7 @@ async def worker_processes(candidate: Candidate, workdir: Path) -> AsyncIterator
             asyncio.gather(*(_started(p, workdir, i) for i, p in enumerate(processes))),
             WORKER_START_S,
         )
-        yield
+        yield [p.pid for p in processes]
     except TimeoutError:
         raise TrialError(
             f"a worker process did not start within {WORKER_START_S:g} s (its log: {workdir})"
@@ -183,17 +203,25 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 class RunCalibration(msgspec.Struct, kw_only=True, frozen=True):
     """One run of a workload, measured alone: how long it holds a worker slot (``service``),
-    what it takes besides (``overhead_ms``), and the CPU it costs the process (``cpu_ms``)."""
+    what it takes besides (``overhead_ms``), the CPU it costs the process that serves and
+    executes it (``cpu_ms``), and the CPU it costs a separate worker process executing it
+    (``worker_cpu_ms``; None: not measured)."""
 
     service: ServiceTime
     overhead_ms: float
     cpu_ms: float
     runs: int
+    worker_cpu_ms: float | None = None
 
     def describe(self) -> str:
+        worker = (
+            ""
+            if self.worker_cpu_ms is None
+            else f" ({self.worker_cpu_ms:,.1f} ms of it in a separate worker process)"
+        )
         return (
             f"a run holds a worker slot {self.service.describe()}, takes {self.overhead_ms:,.1f}"
-            f" ms more to submit and follow, and costs {self.cpu_ms:,.1f} ms of CPU"
+            f" ms more to submit and follow, and costs {self.cpu_ms:,.1f} ms of CPU{worker}"
             f" ({self.runs:,} runs, one at a time)"
         )
 
@@ -245,3 +273,38 @@ async def measure_run_service(
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+async def measure_worker_cpu(
+    candidate: Candidate,
+    workload: Workload,
+    *,
+    rate: float,
+    seed: int,
+    duration_s: float,
+    workdir: Path,
+) -> float | None:
+    """The CPU milliseconds one run costs a separate ``surgeflow worker`` process: one worker
+    process under Poisson runs at ``rate``, its CPU time (/proc) over the runs that ended (None
+    where there is no /proc). Under load, not one at a time: an idle worker's polls would
+    otherwise be charged to the few runs."""
+    used: list[float] = []
+    load = LoadSettings(
+        arrival="poisson",
+        rate_rps=rate,
+        duration_s=duration_s,
+        warmup_s=min(1.0, duration_s / 4),
+        seed=seed,
+        timeout_s=60.0,
+    )
+    result = await run_trial(
+        msgspec.structs.replace(candidate, workers=1),
+        workload,
+        load,
+        workdir=workdir,
+        on_worker_cpu=used.append,
+    )
+    ended = result.latency.count + result.warmup_sent
+    if not used or not ended:
+        return None
+    return used[0] * 1000 / ended

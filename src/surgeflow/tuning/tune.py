@@ -49,7 +49,13 @@ from surgeflow.tuning.planner import (
 from surgeflow.tuning.results import BenchResult, LoadSettings
 from surgeflow.tuning.runsim import simulate_runs
 from surgeflow.tuning.scenario import SLO, _model_settings
-from surgeflow.tuning.trials import RunCalibration, isolated, measure_run_service, run_trial
+from surgeflow.tuning.trials import (
+    RunCalibration,
+    isolated,
+    measure_run_service,
+    measure_worker_cpu,
+    run_trial,
+)
 
 DEFAULT_MAX_TRIALS = 6
 STEP_UP = 1.25  # above a failed trial, the next value is ×1.25 (at least +1)
@@ -269,12 +275,13 @@ class Predictor:
     def _runs(self, candidate: Candidate, value: int) -> Probe:
         calibration = self.calibration
         assert calibration is not None
+        separate = candidate.workers is not None and calibration.worker_cpu_ms is not None
         queue = run_queue(
             candidate,
             self.rate,
             calibration.service,
             overhead_ms=calibration.overhead_ms,
-            cpu_ms=calibration.cpu_ms,
+            cpu_ms=calibration.worker_cpu_ms or 0.0 if separate else calibration.cpu_ms,
         )
         servers = queue.workers * queue.concurrency
         slots_full = self.rate * queue.service.mean_s * queue.stretch >= servers
@@ -439,6 +446,20 @@ async def tune(
                 duration_s=min(5.0, trial_s),
                 workdir=workdir,
             )
+            if knob.apply(candidate, model, knob.lowest).workers is not None:
+                # Separate processes: what a run costs a worker process alone.
+                # At half what one worker process can take (its slots, the CPU measured).
+                slots = candidate.settings.worker.concurrency / calibration.service.mean_s
+                cpu = 1000 / calibration.cpu_ms if calibration.cpu_ms else math.inf
+                worker_cpu_ms = await measure_worker_cpu(
+                    isolated(candidate, seed=seed, store=workdir / "calibration-worker.db"),
+                    workload,
+                    rate=max(1.0, min(rate, slots, cpu) / 2),
+                    seed=seed,
+                    duration_s=min(5.0, trial_s),
+                    workdir=workdir,
+                )
+                calibration = msgspec.structs.replace(calibration, worker_cpu_ms=worker_cpu_ms)
         probe = Predictor(
             candidate,
             workload,
