@@ -89,20 +89,44 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=256, help="Gateway processes sharing the port (about one per core)."
+        ),
+    ] = 1,
+    fd: Annotated[
+        int | None, typer.Option(hidden=True, help="An inherited listening socket.")
+    ] = None,
 ) -> None:
-    """Run the gateway (and, unless worker.embedded is false, a worker in the same process)."""
+    """Run the gateway (and, unless worker.embedded is false, a worker in the same process).
+
+    With --workers N, N processes serve one port; a supervisor restarts one that dies and
+    drains them all on SIGTERM.
+    """
+    settings = _settings(config)
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    if workers > 1:
+        from surgeflow.supervisor import Supervisor
+
+        supervisor = Supervisor(
+            workers=workers,
+            host=host,
+            port=port,
+            config=config,
+            drain_s=settings.worker.drain_timeout_s + 15,
+            metrics_dir=settings.server.metrics_dir,
+        )
+        logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s %(message)s")
+        raise typer.Exit(_run(supervisor.run()))
+
     from surgeflow.server import serve_forever
     from surgeflow.service import Service
 
-    settings = _settings(config)
-
     async def main() -> None:
         async with Service(settings) as service:
-            await serve_forever(
-                service,
-                host or settings.server.host,
-                settings.server.port if port is None else port,
-            )
+            await serve_forever(service, host, port, fd=fd, quiet=fd is not None)
 
     _run(main())
 

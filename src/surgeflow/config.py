@@ -38,6 +38,30 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True):
     key_refresh_s: Positive = 5.0
 
 
+class LimitSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Rate limits, as token buckets: ``key_rps`` per API key and ``global_rps`` for all
+    requests together, each with a burst (default: one second's worth). A request beyond them
+    is refused with 429 and Retry-After. ``url``: a ``redis://`` URL every gateway shares, so
+    N gateways enforce one limit (None: each process enforces its own); every Redis call is
+    bounded by ``timeout_s``, and on failure a gateway falls back to its own buckets."""
+
+    key_rps: Positive | None = None
+    key_burst: PositiveInt | None = None
+    global_rps: Positive | None = None
+    global_burst: PositiveInt | None = None
+    url: str | None = None
+    timeout_s: Positive = 0.05
+
+
+class EventSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """``url``: a ``redis://`` URL over which every process that writes a run's events tells
+    every gateway at once, so a client following a run on any gateway sees its events as they
+    are written, whichever worker runs it (None: followers of runs in other processes re-read
+    the store every second)."""
+
+    url: str | None = None
+
+
 class SimulatedSettings(msgspec.Struct, forbid_unknown_fields=True):
     ttft_ms: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     tokens_per_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
@@ -334,6 +358,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    events: EventSettings = msgspec.field(default_factory=EventSettings)
     models: list[ModelSettings] = msgspec.field(default_factory=_default_models)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)

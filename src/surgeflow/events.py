@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from surgeflow.store.base import Store
@@ -15,13 +16,23 @@ TERMINAL_EVENTS = frozenset({"run.succeeded", "run.failed", "run.cancelled", "ru
 class EventHub:
     """Wakes the followers of a run in this process when its events were written.
 
-    Followers in other processes do not hear it; they poll the store (see ``wait``'s timeout).
+    With ``publish`` set (a `surgeflow.eventbus.RedisEventBus`), it also tells every other
+    process sharing that Redis; without it, followers in other processes re-read the store
+    every second.
     """
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.publish: Callable[[str], None] | None = None
 
     def notify(self, run_id: str) -> None:
+        """Events of ``run_id`` were written here: wake its followers, here and elsewhere."""
+        self.notify_local(run_id)
+        if self.publish is not None:
+            self.publish(run_id)
+
+    def notify_local(self, run_id: str) -> None:
+        """Wake the followers of ``run_id`` in this process only."""
         for waiter in self._waiters.pop(run_id, ()):
             if not waiter.done():
                 waiter.set_result(None)

@@ -27,11 +27,14 @@ class _Server(uvicorn.Server):
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
-def _config(app: ASGIApp, host: str, port: int, graceful_timeout_s: int) -> uvicorn.Config:
+def _config(
+    app: ASGIApp, host: str, port: int, graceful_timeout_s: int, fd: int | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        fd=fd,  # a listening socket shared by several processes (serve --workers N)
         loop="none",  # the caller's loop (uvloop when started through `surgeflow`)
         http="httptools",
         lifespan="off",
@@ -49,12 +52,14 @@ async def running_app(
     port: int = 0,
     *,
     graceful_timeout_s: int = 10,
+    fd: int | None = None,
 ) -> AsyncIterator[str]:
-    """Serve ``app`` in the background; yields its base URL (``port=0`` picks a free port).
+    """Serve ``app`` in the background; yields its base URL (``port=0`` picks a free port; a
+    listening socket's ``fd`` replaces host and port).
 
     On exit it stops accepting, then waits up to ``graceful_timeout_s`` for requests under way.
     """
-    server = _Server(_config(app, host, port, graceful_timeout_s))
+    server = _Server(_config(app, host, port, graceful_timeout_s, fd))
     task = asyncio.create_task(server.serve(), name=type(app).__name__)
     while not server.started:
         if task.done():
@@ -71,10 +76,10 @@ async def running_app(
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    service: Service, host: str = "127.0.0.1", port: int = 0
+    service: Service, host: str = "127.0.0.1", port: int = 0, *, fd: int | None = None
 ) -> AsyncIterator[str]:
     """Serve ``service`` in the background; yields its base URL (``port=0`` picks a free port)."""
-    async with running_app(gateway_app(service), host, port) as url:
+    async with running_app(gateway_app(service), host, port, fd=fd) as url:
         yield url
 
 
@@ -85,16 +90,21 @@ def gateway_app(service: Service) -> ASGIApp:
     return gateway if tracer is None else TracedGateway(gateway, tracer)
 
 
-async def serve_forever(service: Service, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM, then stop taking requests and drain the worker."""
+async def serve_forever(
+    service: Service, host: str, port: int, *, fd: int | None = None, quiet: bool = False
+) -> None:
+    """Serve until SIGINT or SIGTERM, then stop taking requests and drain the worker
+    (``quiet``: one of several processes on a shared socket; the supervisor speaks)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_gateway(service, host, port) as url:
+    async with running_gateway(service, host, port, fd=fd) as url:
         log.warning("surgeflow gateway listening on %s", url)
-        print(f"surgeflow is serving on {url}  (Ctrl-C to stop)", flush=True)
-        if service.settings.server.dashboard:
-            print(f"live dashboard: {url}/dashboard", flush=True)
+        if not quiet:
+            print(f"surgeflow is serving on {url}  (Ctrl-C to stop)", flush=True)
+            if service.settings.server.dashboard:
+                print(f"live dashboard: {url}/dashboard", flush=True)
         await stop.wait()
-        print("stopping: draining requests and runs …", flush=True)
+        if not quiet:
+            print("stopping: draining requests and runs …", flush=True)

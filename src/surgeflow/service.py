@@ -19,7 +19,9 @@ from surgeflow.cache.base import Cache
 from surgeflow.cache.memory import MemoryCache
 from surgeflow.config import EndpointSettings, Settings
 from surgeflow.errors import ConfigError, NotFound
+from surgeflow.eventbus import RedisEventBus
 from surgeflow.events import EventHub, RunRecorder
+from surgeflow.limits import Limiter
 from surgeflow.metrics import Metrics, SemanticCollector, SharedFigures
 from surgeflow.models.base import ModelBackend
 from surgeflow.models.client import ModelClient
@@ -80,7 +82,14 @@ class Service:
             workflows if workflows is not None else load_workflows(settings)
         )
         self.hub = EventHub()
+        # Run-event notices from and to other processes, over Redis (None: this process only).
+        self.event_bus = (
+            None if settings.events.url is None else RedisEventBus(settings.events.url, self.hub)
+        )
+        self.limiter = Limiter(settings.limits)
         self.metrics = Metrics(self)  # GET /metrics; other parts may register collectors here
+        if self.limiter.enabled:
+            self.metrics.register(self.limiter)
         if self.semantic is not None:
             self.metrics.register(SemanticCollector(self.semantic))
         metrics_dir = settings.server.metrics_dir
@@ -158,6 +167,9 @@ class Service:
         await _open(self.store)
         await _open(self.queue)
         await self.keys.start()
+        await self.limiter.start()
+        if self.event_bus is not None:
+            await self.event_bus.start()
         start_cache = getattr(self.cache, "start", None)
         if start_cache is not None:
             await start_cache()  # a tiered cache listens for other processes' invalidations
@@ -183,6 +195,9 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker_task
         await self.keys.aclose()
+        if self.event_bus is not None:
+            await self.event_bus.aclose()
+        await self.limiter.aclose()
         await self.models.aclose()
         if self.semantic is not None:
             await self.semantic.aclose()
@@ -258,7 +273,14 @@ class Service:
         if self.worker is not None:
             running = self._worker_task is not None and not self._worker_task.done()
             checks["worker"] = "ok" if running else "stopped"
-        return all(v == "ok" for v in checks.values()), checks
+        ready = all(v == "ok" for v in checks.values())
+        # Reported, never failing readiness: without them a gateway still serves, slower to
+        # hear of other processes' run events, with per-process rate limits.
+        if self.event_bus is not None:
+            checks["events"] = "ok" if self.event_bus.connected else "degraded: not subscribed"
+        if self.limiter.shared:
+            checks["limits"] = "ok" if await self.limiter.ping() else "degraded: per-process limits"
+        return ready, checks
 
 
 async def _open(resource: object) -> None:

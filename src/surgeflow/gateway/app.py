@@ -7,6 +7,7 @@ layer on it costs throughput (see docs/decisions/0002-gateway-on-raw-asgi.md).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
@@ -32,6 +33,7 @@ from surgeflow.gateway.http import (
     send_json,
 )
 from surgeflow.gateway.openapi import openapi_document
+from surgeflow.limits import Decision
 from surgeflow.metrics import METRICS_CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -84,6 +86,7 @@ class Gateway:
         self._access = service.settings.log.access
         self._max_in_flight = service.settings.server.max_in_flight
         self._in_flight = 0  # for admission control, counted whether or not metrics are on
+        self._limiter = service.limiter if service.limiter.enabled else None
 
     def __repr__(self) -> str:
         return f"<Gateway auth={'on' if self.auth_enabled else 'off'} service={self.service!r}>"
@@ -113,6 +116,10 @@ class Gateway:
                     return await send_error(sent, self._overloaded())
                 if self.auth_enabled:
                     handler = self._authenticate(request, handler)
+                if self._limiter is not None:
+                    decision = await self._limiter.acquire(request.key_id or "anonymous")
+                    if not decision.allowed:
+                        return await send_error(sent, _rate_limited(decision))
             await handler(self.service, request, sent)
         except HTTPError as exc:
             if not sent.started:
@@ -225,6 +232,17 @@ class Gateway:
         request.key_id = key_id
         logs.bind(key_id=key_id)
         return handler
+
+
+def _rate_limited(decision: Decision) -> HTTPError:
+    which = "this API key's" if decision.scope == "key" else "the service's"
+    wait_s = max(1, math.ceil(decision.retry_after_s))
+    return HTTPError(
+        429,
+        "rate_limited",
+        f"{which} rate limit is reached (limits.{decision.scope}_rps); retry in {wait_s} s",
+        headers=[(b"retry-after", str(wait_s).encode())],
+    )
 
 
 class _ResponseTracker:
