@@ -349,3 +349,23 @@ async def test_events_report_each_step_with_duration() -> None:
         ("step.finished", "second"),
     ]
     assert all(e.duration_ms is not None and e.duration_ms >= 0 for e in events[1::2])
+
+
+async def test_a_step_has_one_idempotency_key_for_all_its_attempts() -> None:
+    seen: list[tuple[str, int]] = []
+
+    @step(retries=2, backoff_s=0.001)
+    async def charge(ctx: Context) -> str:
+        seen.append((ctx.idempotency_key, ctx.attempt))
+        if ctx.attempt < 3:
+            raise RuntimeError("the payment service timed out")
+        return "charged"
+
+    @step
+    async def item(ctx: Context) -> str:
+        return ctx.idempotency_key
+
+    wf = Workflow("pay", [charge, Map(item, over=lambda ctx: [0, 1])])
+    result = await wf.run({}, run_id="run_1")
+    assert seen == [("run_1:charge", 1), ("run_1:charge", 2), ("run_1:charge", 3)]
+    assert result == ["run_1:item[0]", "run_1:item[1]"]  # each element its own key

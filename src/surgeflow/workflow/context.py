@@ -14,7 +14,9 @@ class Context:
 
     ``ctx["classify"]`` is the output of the step named ``classify`` (the latest one inside a
     loop); ``ctx.input`` the decoded workflow input; ``ctx.models`` the model client; ``ctx.item``
-    and ``ctx.index`` the element a `Map` step works on; ``ctx.iteration`` the loop round (0-based).
+    and ``ctx.index`` the element a `Map` step works on; ``ctx.iteration`` the loop round (0-based);
+    ``ctx.step`` the key of the step running (``name``, ``loop#2.name``, ``map[3]`` …) and
+    ``ctx.attempt`` its attempt.
     """
 
     __slots__ = (
@@ -27,6 +29,7 @@ class Context:
         "results",
         "run_id",
         "services",
+        "step",
         "workflow",
     )
 
@@ -50,6 +53,14 @@ class Context:
         self.index = 0
         self.iteration = 0
         self.attempt = 1
+        self.step = ""
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same for every attempt of this step in this run, on any worker, and different
+        for every other step or run: give it to a side effect (a payment, an email) so that
+        the system receiving it applies it once, however often a crash makes the step run."""
+        return f"{self.run_id}:{self.step}"
 
     def __getitem__(self, step_name: str) -> Any:
         return self.results[step_name]
@@ -80,6 +91,7 @@ class Context:
         ctx.index = self.index
         ctx.iteration = self.iteration
         ctx.attempt = 1
+        ctx.step = self.step
         return ctx
 
     def __repr__(self) -> str:

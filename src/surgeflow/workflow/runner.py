@@ -146,6 +146,7 @@ class Execution:
         while True:
             attempt += 1
             ctx.attempt = attempt
+            ctx.step = key
             if emit is not None:
                 emit(StepEvent("step.started", key, attempt))
             started = time.perf_counter()
