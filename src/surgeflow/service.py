@@ -87,6 +87,7 @@ class Service:
             None if settings.events.url is None else RedisEventBus(settings.events.url, self.hub)
         )
         self.limiter = Limiter(settings.limits)
+        self.enqueue_failures = 0  # stored runs the queue refused (the reconciler queues them)
         self.metrics = Metrics(self)  # GET /metrics; other parts may register collectors here
         if self.limiter.enabled:
             self.metrics.register(self.limiter)
@@ -241,9 +242,27 @@ class Service:
                 data.update(self.tracer.carrier())
             recorder.emit("run.queued", data=data)
             await recorder.flush()
-            await self.queue.put(run.id)
+            await self._enqueue(run)
             self.metrics.workflows.run_submitted(workflow)
+        elif run.status is RunStatus.QUEUED:
+            # A retried submission: its first attempt may have stored the run and then failed
+            # to enqueue it. Enqueueing is idempotent, so make sure.
+            await self._enqueue(run)
         return run, created
+
+    async def _enqueue(self, run: Run) -> None:
+        """Put a stored run on the queue. The run is durable once stored: when the queue is
+        down, the reconciler (`surgeflow.queue.reconciler`) enqueues it once it is back, so
+        the caller still gets its run id rather than an error for work that will be done."""
+        try:
+            await self.queue.put(run.id)
+        except Exception as exc:
+            self.enqueue_failures += 1
+            log.warning(
+                "run %s is stored but could not be queued (%s); the reconciler will queue it",
+                run.id,
+                exc,
+            )
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run: at once if queued; a running one stops at its next await."""
