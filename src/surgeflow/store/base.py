@@ -95,9 +95,19 @@ class Store(Protocol):
         ...
 
     async def finish_run(
-        self, run_id: str, status: RunStatus, *, output: Any = None, error: str | None = None
-    ) -> Run:
-        """Move a run to a terminal status. A run that is already terminal is left as it is."""
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        output: Any = None,
+        error: str | None = None,
+        event_data: dict[str, Any] | None = None,
+    ) -> tuple[Run, bool]:
+        """Move a run to a terminal status and append its terminal event (``run.<status>``,
+        with ``event_data``) in one transaction: the run, and whether this call ended it. A run
+        that is already terminal is left as it is and gets no event (``False``): of two workers
+        that both executed a run (one had lost its lease), exactly one ends it, and a crash
+        can never leave a run ended without its terminal event."""
         ...
 
     async def request_cancel(self, run_id: str) -> Run:

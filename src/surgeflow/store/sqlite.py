@@ -118,14 +118,15 @@ def _fetch_run(conn: sqlite3.Connection, run_id: str) -> Run:
 
 def _update_live_run(
     conn: sqlite3.Connection, run_id: str, assignments: str, params: tuple[Any, ...]
-) -> Run:
-    """Apply ``assignments`` unless the run is terminal; the run as it now is, or `NotFound`."""
+) -> tuple[Run, bool]:
+    """Apply ``assignments`` unless the run is terminal: the run as it now is and whether it
+    was changed, or `NotFound`."""
     row = conn.execute(
         f"UPDATE runs SET {assignments} WHERE id = ? AND status NOT IN ({_TERMINAL_SQL})"
         f" RETURNING {_RUN_COLUMNS}",
         (*params, run_id),
     ).fetchone()
-    return _fetch_run(conn, run_id) if row is None else _run_from_row(row)
+    return (_fetch_run(conn, run_id), False) if row is None else (_run_from_row(row), True)
 
 
 def _require_run(conn: sqlite3.Connection, run_id: str) -> None:
@@ -216,19 +217,41 @@ class SQLiteStore(SQLiteBacked):
             "status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, ?),"
             " updated_at = ?"
         )
-        return await self._write(lambda conn: _update_live_run(conn, run_id, sql, (now, now)))
+        run, _ = await self._write(lambda conn: _update_live_run(conn, run_id, sql, (now, now)))
+        return run
 
     async def finish_run(
-        self, run_id: str, status: RunStatus, *, output: Any = None, error: str | None = None
-    ) -> Run:
-        """Move a run to a terminal status. A run that is already terminal is left as it is."""
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        output: Any = None,
+        error: str | None = None,
+        event_data: dict[str, Any] | None = None,
+    ) -> tuple[Run, bool]:
+        """Move a run to a terminal status and append its terminal event, in one transaction:
+        the run, and whether this call ended it (a run that is already terminal is left as it
+        is, and gets no event)."""
         if not status.terminal:
             raise ValueError(f"finish_run needs a terminal status, not {status.value!r}")
         output_json = None if output is None else _encode(output, "run output")
+        data_json = None if event_data is None else _encode(event_data, "event data")
         now = time.time()
         sql = "status = ?, output = ?, error = ?, finished_at = ?, updated_at = ?"
         params = (status.value, output_json, error, now, now)
-        return await self._write(lambda conn: _update_live_run(conn, run_id, sql, params))
+
+        def finish(conn: sqlite3.Connection) -> tuple[Run, bool]:
+            run, ended = _update_live_run(conn, run_id, sql, params)
+            if ended:
+                conn.execute(
+                    "INSERT INTO events (run_id, seq, type, at, step, data)"
+                    " SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, NULL, ? FROM events"
+                    " WHERE run_id = ?",
+                    (run_id, f"run.{status.value}", now, data_json, run_id),
+                )
+            return run, ended
+
+        return await self._write(finish)
 
     async def request_cancel(self, run_id: str) -> Run:
         """Cancel a queued run at once; flag a running one (``cancel_requested``)."""
@@ -239,7 +262,8 @@ class SQLiteStore(SQLiteBacked):
             " cancel_requested = cancel_requested OR status = 'running',"
             " updated_at = ?"
         )
-        return await self._write(lambda conn: _update_live_run(conn, run_id, sql, (now, now)))
+        run, _ = await self._write(lambda conn: _update_live_run(conn, run_id, sql, (now, now)))
+        return run
 
     async def save_checkpoint(self, run_id: str, key: str, output: bytes) -> None:
         """Remember the JSON output of the finished step ``key`` (overwrites)."""
