@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from surgeflow.config import QueueSettings, Settings, StoreSettings, WorkerSettings
+from surgeflow.queue.reconciler import Reconciler
 from surgeflow.service import Service
 from surgeflow.store.base import RunStatus
 from surgeflow.workflow import Context, Workflow, step
@@ -36,10 +37,10 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
 async def test_reconcile_enqueues_a_run_the_queue_lost(service: Service) -> None:
     lost, _ = await service.store.create_run("record", {})  # as if the put never happened
     kept, _ = await service.submit("record", {})
-    worker = service.new_worker()
-    assert await worker.reconcile() == 1
-    assert await worker.reconcile() == 0  # nothing missing any more: no writes
-    await worker.run(burst=True)
+    reconciler = Reconciler(service.store, service.queue, grace_s=0)
+    assert await reconciler.reconcile_once() == 1
+    assert await reconciler.reconcile_once() == 0  # nothing missing any more: no writes
+    await service.new_worker().run(burst=True)
     assert sorted(executions) == sorted([lost.id, kept.id])
     for run_id in (lost.id, kept.id):
         assert (await service.store.get_run(run_id)).status is RunStatus.SUCCEEDED

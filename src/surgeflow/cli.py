@@ -146,6 +146,7 @@ def worker(
         async with Service(settings, embedded_worker=False) as service:
             options = {} if concurrency is None else {"concurrency": concurrency}
             runner = service.new_worker(**options)
+            service.start_reconciler()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, runner.stop)

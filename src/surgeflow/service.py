@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -29,6 +30,7 @@ from surgeflow.models.openai_http import OpenAIHTTPBackend
 from surgeflow.models.simulated import SimulatedBackend
 from surgeflow.monitor import Monitor
 from surgeflow.queue.base import Queue
+from surgeflow.queue.reconciler import Reconciler
 from surgeflow.queue.sqlite import SQLiteQueue
 from surgeflow.store.base import Run, RunStatus, Store
 from surgeflow.store.sqlite import SQLiteStore
@@ -117,6 +119,14 @@ class Service:
         run_worker = settings.worker.embedded if embedded_worker is None else embedded_worker
         self.worker: Worker | None = self.new_worker() if run_worker else None
         self._worker_task: asyncio.Task[None] | None = None
+        # Queues again the runs a queue lost; run by every process that runs a worker.
+        self.reconciler = Reconciler(
+            self.store,
+            self.queue,
+            interval_s=settings.queue.reconcile_interval_s,
+            grace_s=settings.queue.reconcile_grace_s,
+        )
+        self._reconciler_task: asyncio.Task[None] | None = None
         self.started_at: float | None = None
 
     @property
@@ -183,11 +193,22 @@ class Service:
             log.warning("no API keys exist yet: create one with `surgeflow keys create`")
         if self.worker is not None:
             self._worker_task = asyncio.create_task(self.worker.run(), name="embedded-worker")
+            self.start_reconciler()
         if self.settings.server.metrics:
             self.monitor.start()
         self.started_at = time.time()
 
+    def start_reconciler(self) -> None:
+        """Reconcile the queue with the store in the background until `aclose`."""
+        if self._reconciler_task is None:
+            self._reconciler_task = asyncio.create_task(self.reconciler.run(), name="reconciler")
+
     async def aclose(self) -> None:
+        if self._reconciler_task is not None:
+            self.reconciler.stop()
+            self._reconciler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler_task
         await self.monitor.aclose()
         if self.alerts is not None:
             await self.alerts.aclose()
@@ -312,17 +333,62 @@ def _store_and_queue(
     settings: Settings, store: Store | None, queue: Queue | None
 ) -> tuple[Store, Queue]:
     if store is None:
-        if not settings.store.url.startswith("sqlite://"):
-            raise ConfigError(f"unsupported store URL {settings.store.url!r} (use sqlite:///path)")
-        store = SQLiteStore(settings.store.url)
+        store = _build_store(settings.store.url)
     if queue is None:
-        url = settings.queue_url
-        if not url.startswith("sqlite://"):
-            raise ConfigError(f"unsupported queue URL {url!r} (use sqlite:///path)")
+        queue = _build_queue(settings, store)
+    return store, queue
+
+
+def _build_store(url: str) -> Store:
+    """``sqlite:///path`` (embedded) or ``postgresql://…`` (shared by many processes)."""
+    if url.startswith("sqlite://"):
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from surgeflow.store.postgres import PostgresStore
+        except ImportError:
+            raise ConfigError(
+                f"store URL {_redacted(url)!r} needs the postgres extra:"
+                " pip install 'surgeflow[postgres]'"
+            ) from None
+        return PostgresStore(url)
+    raise ConfigError(
+        f"unsupported store URL {_redacted(url)!r} (use sqlite:///path or postgresql://…)"
+    )
+
+
+def _build_queue(settings: Settings, store: Store) -> Queue:
+    """``sqlite:///path`` (the store's own database when it is the same file) or
+    ``redis://…`` (Redis Streams)."""
+    url = settings.queue_url
+    if url.startswith("sqlite://"):
         same_db = isinstance(store, SQLiteStore) and url == settings.store.url
         target = store.db if same_db and isinstance(store, SQLiteStore) else url
-        queue = SQLiteQueue(target, max_attempts=settings.queue.max_attempts)
-    return store, queue
+        return SQLiteQueue(target, max_attempts=settings.queue.max_attempts)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from surgeflow.queue.redis import RedisQueue
+        except ImportError:
+            raise ConfigError(
+                f"queue URL {_redacted(url)!r} needs the redis extra:"
+                " pip install 'surgeflow[redis]'"
+            ) from None
+        return RedisQueue(url, max_attempts=settings.queue.max_attempts)
+    if settings.queue.url is None:
+        raise ConfigError(
+            "a PostgreSQL store needs a queue: set queue.url (redis://… for the Redis Streams"
+            " queue, or sqlite:///path)"
+        )
+    raise ConfigError(f"unsupported queue URL {_redacted(url)!r} (use sqlite:///path or redis://…)")
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _build_cache(settings: Settings) -> Cache:

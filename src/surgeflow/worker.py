@@ -73,7 +73,6 @@ class Worker:
         poll_interval_s: float = 0.5,
         drain_timeout_s: float = 30.0,
         retry_backoff_s: float = 1.0,
-        reconcile_interval_s: float = 60.0,
         worker_id: str | None = None,
         stats: WorkflowStats | None = None,
         tracer: Tracer | None = None,
@@ -89,7 +88,6 @@ class Worker:
         self.poll_interval_s = poll_interval_s
         self.drain_timeout_s = drain_timeout_s
         self.retry_backoff_s = retry_backoff_s
-        self.reconcile_interval_s = reconcile_interval_s
         self.stats = stats
         self.tracer = tracer
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -98,6 +96,7 @@ class Worker:
         self._active: dict[str, _Active] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._queue_warned_at = -1e9
 
     def __repr__(self) -> str:
         return (
@@ -113,14 +112,18 @@ class Worker:
         """Work until `stop()`; with ``burst``, until the queue has nothing ready, then return."""
         self.state = WorkerState.RUNNING
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.id}")
-        reconciler = asyncio.create_task(self._reconcile_forever(), name=f"reconcile-{self.id}")
         try:
             while not self._stopping.is_set():
                 free = self.concurrency - len(self._active)
                 if free <= 0:
                     await self._sleep(self.poll_interval_s)
                     continue
-                jobs = await self.queue.get(self.id, lease_s=self.lease_s, limit=free)
+                try:
+                    jobs = await self.queue.get(self.id, lease_s=self.lease_s, limit=free)
+                except Exception as exc:  # the queue is down: keep the runs here going, retry
+                    self._queue_failed("get", exc)
+                    await self._sleep(min(2.0, self.poll_interval_s * 4))
+                    continue
                 for job in jobs:
                     self._start(job)
                 if jobs:
@@ -131,8 +134,7 @@ class Worker:
             await self._drain()
         finally:
             heartbeat.cancel()
-            reconciler.cancel()
-            await asyncio.gather(heartbeat, reconciler, return_exceptions=True)
+            await asyncio.gather(heartbeat, return_exceptions=True)
             self.state = WorkerState.STOPPED
 
     def stop(self) -> None:
@@ -172,37 +174,18 @@ class Worker:
         self.completed += 1
         self._wake.set()
 
-    async def _reconcile_forever(self) -> None:
-        while True:
-            try:
-                await self.reconcile()
-            except Exception:  # the next round tries again; leasing goes on meanwhile
-                log.exception("reconciling the store with the queue failed")
-            await asyncio.sleep(self.reconcile_interval_s)
-
-    async def reconcile(self, *, limit: int = 10_000) -> int:
-        """Re-enqueue runs the store says are waiting but the queue does not hold (a lost put).
-
-        Two reads find them; only missing runs cost a write. Returns how many were re-enqueued.
-        """
-        runs = await self.store.list_runs(
-            statuses=frozenset({RunStatus.QUEUED, RunStatus.RUNNING}), limit=limit
-        )
-        present = await self.queue.present([run.id for run in runs])
-        restored = 0
-        for run in runs:
-            if run.id not in present and await self.queue.put(run.id):
-                log.warning("re-enqueued run %s, which the queue had lost", run.id)
-                restored += 1
-        return restored
-
     async def _heartbeat(self) -> None:
         """Extend the leases of running runs and notice cancellations made elsewhere."""
         interval_s = max(self.lease_s / 3, 0.01)
         while True:
             await asyncio.sleep(interval_s)
             for run_id, active in list(self._active.items()):
-                if not await self.queue.extend(active.job, self.id, lease_s=self.lease_s):
+                try:
+                    held = await self.queue.extend(active.job, self.id, lease_s=self.lease_s)
+                except Exception as exc:  # unknown: keep running, and ask again next time
+                    self._queue_failed("extend", exc)
+                    continue
+                if not held:
                     log.warning("lost the lease of run %s; stopping it here", run_id)
                     active.cancel_reason = "lease lost"
                     active.task.cancel()
@@ -228,8 +211,22 @@ class Worker:
                 active.task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
+    def _queue_failed(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._queue_warned_at >= 10:
+            self._queue_warned_at = now
+            log.warning("the queue failed (%s: %s); carrying on and retrying", what, exc)
+
     async def _process(self, job: Job) -> None:
         logs.bind(run_id=job.run_id)  # this task's log lines name the run
+        try:
+            await self._process_job(job)
+        except Exception:
+            # The store or the queue failed around the run: whatever was recorded stays, and
+            # the job's lease expires (or the reconciler finds the run), so it is tried again.
+            log.exception("run %s: could not finish handling it; it will be retried", job.run_id)
+
+    async def _process_job(self, job: Job) -> None:
         recorder = RunRecorder(self.store, job.run_id, self.hub)
         try:
             run = await self.store.get_run(job.run_id)
@@ -356,11 +353,25 @@ class Worker:
         bury: bool = False,
         dequeued: bool = False,
     ) -> None:
-        """Record the run's last step events, its terminal status, then its terminal event,
-        then let go of the job, in that order: a follower that sees the status finds every
-        event but the terminal one already written."""
+        """Record the run's last step events, then its terminal status and terminal event
+        together, then let go of the job, in that order: a follower that sees the status finds
+        every event written, and a crash leaves the run either live or ended with its event."""
         await recorder.flush()
-        await self.store.finish_run(job.run_id, status, output=output, error=error)
+        event_data = dict(data or {})
+        if error is not None:
+            event_data["error"] = error
+        _, ended = await self.store.finish_run(
+            job.run_id, status, output=output, error=error, event_data=event_data or None
+        )
+        if not ended:
+            # Another worker ended it first (this one had lost its lease and ran it too): the
+            # run has its one terminal event already; only let go of the job.
+            log.warning("run %s was already ended elsewhere; not ending it again", job.run_id)
+            if not dequeued:
+                await self.queue.ack(job, self.id)
+            return
+        if self.hub is not None:
+            self.hub.notify(job.run_id)
         if self.tracer is not None:  # on the run's span, when this is inside one
             failed = status in (RunStatus.FAILED, RunStatus.DEAD)
             outcome = {tracing.RUN_STATUS: status.value}
@@ -369,11 +380,6 @@ class Worker:
         if self.stats is not None and active is not None and active.workflow is not None:
             seconds = None if active.started is None else time.perf_counter() - active.started
             self.stats.run_finished(active.workflow, status.value, seconds)
-        event_data = dict(data or {})
-        if error is not None:
-            event_data["error"] = error
-        recorder.emit(f"run.{status.value}", data=event_data or None)
-        await recorder.flush()
         if bury:
             await self.queue.bury(job, self.id, error=error or status.value)
         elif not dequeued:
