@@ -26,6 +26,7 @@ Redis 6.2 or later (``ZRANGE … BYSCORE``, exclusive ``XRANGE`` bounds).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import secrets
@@ -428,6 +429,11 @@ class RedisQueue:
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._cursor = "$"  # the newest stream entry id the last get saw; `wait` reads past it
+        self._watcher: asyncio.Task[None] | None = None
+        self._waiting = 0  # callers inside `wait`
+        # Calls waiting to go to Redis together (`_batched`), by operation, and their senders.
+        self._pending: dict[str, list[_Call]] = {}
+        self._senders: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return (
@@ -459,13 +465,18 @@ class RedisQueue:
     async def aclose(self) -> None:
         async with self._lock:
             self._state = _State.CLOSED
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         await self._redis.aclose(close_connection_pool=True)  # the pool was passed in
         await self._blocking.aclose()
 
     async def put(self, run_id: str, *, delay_s: float = 0.0) -> bool:
         """Enqueue ``run_id``; ``False`` if a job for it already exists (even a dead one)."""
         job_id = "job_" + secrets.token_urlsafe(15)
-        added = await self._run("put", self._put, run_id, job_id, _ms(delay_s))
+        added = await self._batched("put", self._put, run_id, job_id, _ms(delay_s))
         if added and delay_s <= 0:
             self._wakeup.set()
         return bool(added)
@@ -508,7 +519,42 @@ class RedisQueue:
 
     async def ack(self, job: Job, worker_id: str) -> None:
         """The job is done: remove it. A no-op for a worker that lost the lease."""
-        await self._run("ack", self._ack, *_lease(job, worker_id))
+        await self._batched("ack", self._ack, *_lease(job, worker_id))
+
+    async def _batched(self, op: str, script: AsyncScript, *args: str | int) -> Any:
+        """Run ``script`` as `_run` does, but together with the other calls of ``op`` made in
+        the same turn of the event loop: one pipelined round trip for all of them, each still
+        its own atomic script. A busy worker acks, and a busy gateway puts, in bursts."""
+        if self._state is not _State.OPEN:
+            await self.open()
+        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pending = self._pending.setdefault(op, [])
+        pending.append((script, args, result))
+        if len(pending) == 1:
+            self._senders.add(asyncio.create_task(self._send(op)))
+        return await result
+
+    async def _send(self, op: str) -> None:
+        await asyncio.sleep(0)  # let the calls of this turn of the loop join
+        batch = self._pending.pop(op, [])
+        now = "" if self._clock is None else _ms(self._clock())
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for script, args, _ in batch:
+                await script(keys=self._keys, args=[now, GROUP, self.max_len, *args], client=pipe)
+            replies = await self._call(op, pipe.execute())
+        except Exception as exc:  # every caller hears of it, whatever it was
+            for _, _, result in batch:
+                if not result.done():
+                    result.set_exception(exc)
+        else:
+            for (_, _, result), reply in zip(batch, replies, strict=True):
+                if not result.done():
+                    result.set_result(reply)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._senders.discard(task)
 
     async def nack(self, job: Job, worker_id: str, *, delay_s: float, error: str) -> bool:
         """Retry after ``delay_s`` (``True``), or the attempts are spent and the job is dead.
@@ -562,34 +608,34 @@ class RedisQueue:
         is away it sleeps out the timeout, and `get` reports the failure."""
         # The event stays set from a put made while nobody waited, so such a put is not missed.
         if not self._wakeup.is_set():
-            local = asyncio.ensure_future(self._wakeup.wait())
-            remote = asyncio.ensure_future(self._wait_for_entry(timeout_s))
+            self._waiting += 1
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self._keys[0]}")
             try:
-                await asyncio.wait(
-                    (local, remote), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout_s):
+                        await self._wakeup.wait()
             finally:
-                for waiter in (local, remote):
-                    waiter.cancel()
-                await asyncio.gather(local, remote, return_exceptions=True)
+                self._waiting -= 1
         self._wakeup.clear()
 
-    async def _wait_for_entry(self, timeout_s: float) -> None:
-        """Block on the stream until an entry newer than the cursor arrives, or the timeout."""
-        deadline = time.monotonic() + timeout_s
-        while (remaining_s := deadline - time.monotonic()) > 0.001:
-            block_ms = max(int(min(remaining_s, _WAIT_CHUNK_S) * 1000), 1)
+    async def _watch(self) -> None:
+        """Block on the stream for an entry newer than the cursor while anyone waits; each
+        wakes `wait`. A waiter that gives up (a worker woken by a finished run) leaves the read
+        to finish by itself (within `_WAIT_CHUNK_S`): cancelling it would drop its connection,
+        to be opened again by the next wait."""
+        while self._waiting and self._state is not _State.CLOSED:
             try:
                 reply: Any = await self._blocking.xread(
-                    {self._keys[0]: self._cursor}, count=1, block=block_ms
+                    {self._keys[0]: self._cursor}, count=1, block=int(_WAIT_CHUNK_S * 1000)
                 )
             except _Failure as exc:
                 log.debug("waiting on %s failed: %s", self._keys[0], exc)
-                await asyncio.sleep(max(deadline - time.monotonic(), 0))
-                return
+                await asyncio.sleep(_WAIT_CHUNK_S / 2)
+                continue
             if reply:
                 self._cursor = str(reply[0][1][-1][0])  # [[stream, [[id, fields]]]]
-                return
+                self._wakeup.set()
 
     async def _run(self, op: str, script: AsyncScript, *args: str | int) -> Any:
         if self._state is not _State.OPEN:
@@ -612,6 +658,9 @@ class RedisQueue:
 
     def _now(self) -> float:
         return time.time() if self._clock is None else self._clock()
+
+
+_Call = tuple[AsyncScript, tuple[str | int, ...], "asyncio.Future[Any]"]  # script, args, reply
 
 
 def _retry_once() -> Retry:
