@@ -2,6 +2,7 @@
 hears of events another process wrote at once, and a Redis restart loses nothing but time."""
 
 import asyncio
+import re
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -90,10 +91,12 @@ def settings(tmp_path: Path, redis_url: str | None) -> Settings:
     )
 
 
-async def follow_latencies(tmp_path: Path, redis_url: str | None, runs: int) -> list[float]:
+async def follow_latencies(
+    tmp_path: Path, redis_url: str | None, runs: int
+) -> tuple[list[float], str]:
     """Seconds from submitting a run on a gateway to its terminal event reaching a follower
     there, while a worker with its own event hub (another process, as far as events go)
-    executes it."""
+    executes it; and the gateway's metrics afterwards."""
     config = settings(tmp_path, redis_url)
     gateway = Service(config, workflows=TEST_WORKFLOWS, api_keys=[API_KEY], embedded_worker=False)
     worker = Service(config, workflows=TEST_WORKFLOWS, embedded_worker=True)
@@ -116,12 +119,17 @@ async def follow_latencies(tmp_path: Path, redis_url: str | None, runs: int) -> 
                 text = await resp.text()
             assert "event: run.succeeded" in text
             latencies.append(time.monotonic() - started)
-    return latencies
+        async with http.get("/metrics") as resp:
+            metrics = await resp.text()
+    return latencies, metrics
 
 
 async def test_a_follower_on_one_gateway_hears_another_process_at_once(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    with_bus = await follow_latencies(tmp_path, redis_server.url, runs=8)
-    # Without notices the follower re-reads the store every second: ~0.5 s on average.
+    with_bus, metrics = await follow_latencies(tmp_path, redis_server.url, runs=8)
+    # Without notices the follower re-reads the store every second: ~1 s each here.
     assert statistics.median(with_bus) < 0.3, with_bus
+    received = re.search(r'surgeflow_event_notices_total\{direction="received"\} (\S+)', metrics)
+    assert received is not None
+    assert float(received.group(1)) >= 8  # at least each run's end, heard from the worker

@@ -98,6 +98,7 @@ class Metrics:
         self.register(ModelCollector(service))
         self._queue = QueueCollector()
         self.register(self._queue)
+        self.register(ScaleOutCollector(service))
         self._service = service
         self.shared: SharedFigures | None = None  # the other processes' figures, if shared
 
@@ -727,6 +728,49 @@ class ModelCollector:
             cost.add_metric([model], estimate)
         yield tokens
         yield cost
+
+
+class ScaleOutCollector:
+    """What keeps runs safe and followers informed across processes: runs queued again by the
+    reconciler, stored runs the queue refused, and the run-event notices over Redis."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        service = self._service
+        reconciler = getattr(service, "reconciler", None)
+        if reconciler is not None:
+            yield CounterMetricFamily(
+                "surgeflow_reconciler_requeued",
+                "Live runs the reconciler found without a queue job and queued again.",
+                reconciler.reenqueued,
+            )
+            yield CounterMetricFamily(
+                "surgeflow_reconciler_failures",
+                "Reconcile rounds that failed (the store or the queue did not answer).",
+                reconciler.failures,
+            )
+        yield CounterMetricFamily(
+            "surgeflow_enqueue_failures",
+            "Runs stored but refused by the queue at submission (the reconciler queues them).",
+            getattr(service, "enqueue_failures", 0),
+        )
+        bus = getattr(service, "event_bus", None)
+        if bus is not None:
+            notices = CounterMetricFamily(
+                "surgeflow_event_notices",
+                "Run-event notices over Redis: messages published, run ids received.",
+                labels=["direction"],
+            )
+            notices.add_metric(["published"], bus.published)
+            notices.add_metric(["received"], bus.received)
+            yield notices
+            yield CounterMetricFamily(
+                "surgeflow_event_bus_failures",
+                "Publishes or subscriptions to Redis that failed (followers fall back to polling).",
+                bus.failures,
+            )
 
 
 class QueueCollector:
