@@ -19,8 +19,12 @@ one idle bound for the whole group, but a lease is per job (``extend`` may give 
 where the sorted set finds the expired leases in O(log n). Expired jobs are still moved with
 ``XCLAIM``, so the PEL stays a true picture of who holds what.
 
-Every operation is one Lua script, so it is atomic across any number of processes. Needs
-Redis 6.2 or later (``ZRANGE … BYSCORE``, exclusive ``XRANGE`` bounds).
+Every operation is one Lua script, so it is atomic across any number of processes. Puts and
+acks made in the same turn of the event loop share one pipelined round trip (each still its own
+script): a busy gateway puts, and a busy worker acks, in bursts. ``wait`` wakes on other
+processes' puts through one long-lived blocking read per queue object, which a caller that stops
+waiting never cancels (that would drop and reopen its connection). Needs Redis 6.2 or later
+(``ZRANGE … BYSCORE``, exclusive ``XRANGE`` bounds).
 """
 
 from __future__ import annotations
