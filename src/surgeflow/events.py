@@ -86,8 +86,15 @@ class RunRecorder:
 
     async def _drain(self) -> None:
         while self._backlog:
-            type, step, data = self._backlog.popleft()
-            await self._store.append_event(self._run_id, type, step=step, data=data)
+            # Everything emitted meanwhile goes in one write (a quick step's started and
+            # finished events, say), in order.
+            batch = list(self._backlog)
+            self._backlog.clear()
+            if len(batch) == 1:
+                type, step, data = batch[0]
+                await self._store.append_event(self._run_id, type, step=step, data=data)
+            else:
+                await self._store.append_events(self._run_id, batch)
             if self._hub is not None:
                 self._hub.notify(self._run_id)
 

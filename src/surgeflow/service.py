@@ -253,16 +253,14 @@ class Service:
     ) -> tuple[Run, bool]:
         """Create a durable run and enqueue it; a known idempotency key returns the same run."""
         self.workflow(workflow)
+        data = {"workflow": workflow}
+        if self.tracer is not None:  # the worker's spans of the run join this trace
+            data.update(self.tracer.carrier())
         run, created = await self.store.create_run(
-            workflow, input, idempotency_key=idempotency_key, key_id=key_id
+            workflow, input, idempotency_key=idempotency_key, key_id=key_id, queued_event=data
         )
         if created:
-            recorder = RunRecorder(self.store, run.id, self.hub)
-            data = {"workflow": workflow}
-            if self.tracer is not None:  # the worker's spans of the run join this trace
-                data.update(self.tracer.carrier())
-            recorder.emit("run.queued", data=data)
-            await recorder.flush()
+            self.hub.notify(run.id)
             await self._enqueue(run)
             self.metrics.workflows.run_submitted(workflow)
         elif run.status is RunStatus.QUEUED:

@@ -325,3 +325,40 @@ async def test_finishing_appends_the_terminal_event_in_the_same_write(store: Any
         (1, "run.started", None),
         (2, "run.failed", {"error": "boom"}),  # one terminal event, from the call that ended it
     ]
+
+
+async def test_a_run_can_be_created_with_its_queued_event(store: AnyStore) -> None:
+    run, created = await store.create_run(
+        "wf", {}, idempotency_key="k", queued_event={"workflow": "wf"}
+    )
+    assert created
+    again, created_again = await store.create_run(
+        "wf", {}, idempotency_key="k", queued_event={"workflow": "wf"}
+    )
+    assert not created_again
+    assert again == run
+    await store.append_event(run.id, "run.started")
+    events = await store.list_events(run.id)
+    assert [(e.seq, e.type, e.data) for e in events] == [
+        (1, "run.queued", {"workflow": "wf"}),  # written with the run, once
+        (2, "run.started", None),
+    ]
+
+
+async def test_events_appended_together_keep_their_order_and_numbers(store: AnyStore) -> None:
+    run, _ = await store.create_run("wf", {}, queued_event={})
+    batch = [("step.started", "a", {"attempt": 1}), ("step.finished", "a", None), ("x", None, {})]
+    appended = await store.append_events(run.id, batch)
+    assert [e.seq for e in appended] == [2, 3, 4]
+    assert await store.append_events(run.id, []) == []
+    later = await store.append_event(run.id, "run.succeeded")
+    assert later.seq == 5
+    events = await store.list_events(run.id)
+    assert [(e.seq, e.type, e.step, e.data) for e in events[1:]] == [
+        (2, "step.started", "a", {"attempt": 1}),
+        (3, "step.finished", "a", None),
+        (4, "x", None, {}),
+        (5, "run.succeeded", None, None),
+    ]
+    with pytest.raises(NotFound):
+        await store.append_events("run_nope", batch)

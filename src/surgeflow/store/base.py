@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -76,8 +77,11 @@ class Store(Protocol):
         *,
         idempotency_key: str | None = None,
         key_id: str | None = None,
+        queued_event: dict[str, Any] | None = None,
     ) -> tuple[Run, bool]:
-        """Create a queued run; with a known idempotency key return that run and ``False``."""
+        """Create a queued run; with a known idempotency key return that run and ``False``.
+        With ``queued_event``, the new run's first event, ``run.queued`` with that data, is
+        written with it (one write instead of two)."""
         ...
 
     async def get_run(self, run_id: str) -> Run:
@@ -131,6 +135,12 @@ class Store(Protocol):
         data: dict[str, Any] | None = None,
     ) -> RunEvent:
         """Append an event; its ``seq`` is one more than the run's last."""
+        ...
+
+    async def append_events(
+        self, run_id: str, events: Sequence[tuple[str, str | None, dict[str, Any] | None]]
+    ) -> list[RunEvent]:
+        """Append ``events`` (type, step, data), in order, in one write."""
         ...
 
     async def list_events(self, run_id: str, *, after_seq: int = 0) -> list[RunEvent]:

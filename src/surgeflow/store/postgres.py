@@ -242,26 +242,35 @@ class PostgresStore:
         *,
         idempotency_key: str | None = None,
         key_id: str | None = None,
+        queued_event: dict[str, Any] | None = None,
     ) -> tuple[Run, bool]:
-        """Create a queued run; with a known idempotency key return that run and ``False``."""
+        """Create a queued run; with a known idempotency key return that run and ``False``.
+        With ``queued_event``, the run's first event, ``run.queued``, is written with it."""
         input_json = _encode(input, "run input")
+        event_json = None if not queued_event else _encode(queued_event, "event data")
         run_id = "run_" + secrets.token_urlsafe(15)
         now = time.time()
+        first_seq = 0 if queued_event is None else 1
         async with self._connection() as conn:
             # ON CONFLICT waits for a concurrent insert of the same key to commit, so exactly one
-            # of many racing creates inserts and the others then find its row.
+            # of many racing creates inserts and the others then find its row. The event goes in
+            # with the run, in the same statement (a data-modifying WITH), or not at all.
             row = await conn.fetchrow(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ($1, $2, 'queued', $3, NULL, NULL, $4,"
-                " $5, false, 0, $6, $6, NULL, NULL)"
-                " ON CONFLICT (coalesce(key_id, ''), idempotency_key)"
-                " WHERE idempotency_key IS NOT NULL DO NOTHING"
-                f" RETURNING {_RUN_COLUMNS}",
+                f"WITH created AS (INSERT INTO runs ({_RUN_COLUMNS}, last_seq)"
+                " VALUES ($1, $2, 'queued', $3, NULL, NULL, $4, $5, false, 0, $6, $6, NULL, NULL,"
+                " $7) ON CONFLICT (coalesce(key_id, ''), idempotency_key)"
+                f" WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING {_RUN_COLUMNS}),"
+                " queued AS (INSERT INTO events (run_id, seq, type, at, step, data)"
+                " SELECT id, 1, 'run.queued', $6, NULL, $8 FROM created WHERE $7 = 1)"
+                " SELECT * FROM created",
                 run_id,
                 workflow,
                 input_json,
                 idempotency_key,
                 key_id,
                 now,
+                first_seq,
+                event_json,
             )
             if row is not None:
                 return _run_from_row(row), True
@@ -409,6 +418,40 @@ class PostgresStore:
         if seq is None:
             raise NotFound(f"no run {run_id!r}")
         return RunEvent(run_id=run_id, seq=int(seq), type=type, at=now, step=step, data=data)
+
+    async def append_events(
+        self, run_id: str, events: Sequence[tuple[str, str | None, dict[str, Any] | None]]
+    ) -> list[RunEvent]:
+        """Append ``events`` (type, step, data), in order, in one statement."""
+        if not events:
+            return []
+        types = [type for type, _, _ in events]
+        steps = [step for _, step, _ in events]
+        data = [None if d is None else _encode(d, "event data") for _, _, d in events]
+        now = time.time()
+        async with self._connection() as conn:
+            # The counter moves by the batch's size under the run's row lock, as one append does.
+            last = await conn.fetchval(
+                "WITH next AS (UPDATE runs SET last_seq = last_seq + $2 WHERE id = $1"
+                " RETURNING last_seq)"
+                " INSERT INTO events (run_id, seq, type, at, step, data)"
+                " SELECT $1, next.last_seq - $2 + e.n, e.type, $3, e.step, e.data::json FROM next,"
+                " unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY"
+                " AS e(type, step, data, n) RETURNING (SELECT last_seq FROM next)",
+                run_id,
+                len(events),
+                now,
+                types,
+                steps,
+                data,
+            )
+        if last is None:
+            raise NotFound(f"no run {run_id!r}")
+        first = int(last) - len(events) + 1
+        return [
+            RunEvent(run_id=run_id, seq=first + i, type=type, at=now, step=step, data=d)
+            for i, (type, step, d) in enumerate(events)
+        ]
 
     async def list_events(self, run_id: str, *, after_seq: int = 0) -> list[RunEvent]:
         """The run's events with ``seq > after_seq``, in order."""

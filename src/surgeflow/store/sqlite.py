@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -165,9 +166,12 @@ class SQLiteStore(SQLiteBacked):
         *,
         idempotency_key: str | None = None,
         key_id: str | None = None,
+        queued_event: dict[str, Any] | None = None,
     ) -> tuple[Run, bool]:
-        """Create a queued run; with a known idempotency key return that run and ``False``."""
+        """Create a queued run; with a known idempotency key return that run and ``False``.
+        With ``queued_event``, the run's first event, ``run.queued``, is written with it."""
         input_json = _encode(input, "run input")
+        event_json = None if not queued_event else _encode(queued_event, "event data")
         run_id = "run_" + secrets.token_urlsafe(15)
         now = time.time()
 
@@ -185,6 +189,12 @@ class SQLiteStore(SQLiteBacked):
                 f" ?, ?, NULL, NULL) RETURNING {_RUN_COLUMNS}",
                 (run_id, workflow, "queued", input_json, idempotency_key, key_id, now, now),
             ).fetchone()
+            if queued_event is not None:
+                conn.execute(
+                    "INSERT INTO events (run_id, seq, type, at, step, data)"
+                    " VALUES (?, 1, 'run.queued', ?, NULL, ?)",
+                    (run_id, now, event_json),
+                )
             return _run_from_row(row), True
 
         return await self._write(create)
@@ -314,6 +324,39 @@ class SQLiteStore(SQLiteBacked):
 
         seq = await self._write(append)
         return RunEvent(run_id=run_id, seq=seq, type=type, at=now, step=step, data=data)
+
+    async def append_events(
+        self, run_id: str, events: Sequence[tuple[str, str | None, dict[str, Any] | None]]
+    ) -> list[RunEvent]:
+        """Append ``events`` (type, step, data), in order, in one write."""
+        if not events:
+            return []
+        encoded = [
+            (type, step, None if data is None else _encode(data, "event data"))
+            for type, step, data in events
+        ]
+        now = time.time()
+
+        def append(conn: sqlite3.Connection) -> int:
+            _require_run(conn, run_id)
+            row = conn.execute(
+                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            first = int(row[0]) + 1
+            conn.executemany(
+                "INSERT INTO events (run_id, seq, type, at, step, data) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, first + i, type, now, step, data)
+                    for i, (type, step, data) in enumerate(encoded)
+                ],
+            )
+            return first
+
+        first = await self._write(append)
+        return [
+            RunEvent(run_id=run_id, seq=first + i, type=type, at=now, step=step, data=data)
+            for i, (type, step, data) in enumerate(events)
+        ]
 
     async def list_events(self, run_id: str, *, after_seq: int = 0) -> list[RunEvent]:
         """The run's events with ``seq > after_seq``, in order."""
