@@ -384,14 +384,23 @@ class Bench:
                 self._end_load()  # the window ends with the last request
                 break
             self._count_launch(now_s)
-            await self._request(http, index, now_s)
+            # No schedule to be late for: the request is meant to go now, and goes now.
+            await self._request(http, index, now_s, sent_s=now_s)
             index += load.concurrency or 1
             if think_s:
                 await asyncio.sleep(think_s)
 
-    async def _request(self, http: aiohttp.ClientSession, index: int, intended_s: float) -> None:
+    async def _request(
+        self,
+        http: aiohttp.ClientSession,
+        index: int,
+        intended_s: float,
+        *,
+        sent_s: float | None = None,
+    ) -> None:
         """One request; ``in_flight`` was counted by the caller and is released here."""
-        sent_s = self.now_s()
+        if sent_s is None:
+            sent_s = self.now_s()
         cache: str | None = None
         try:
             async with asyncio.timeout(self.load.timeout_s):
