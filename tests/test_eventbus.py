@@ -5,7 +5,7 @@ import asyncio
 import re
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,16 +18,6 @@ from surgeflow.server import running_gateway
 from surgeflow.service import Service
 from tests.gateway.conftest import API_KEY, TEST_WORKFLOWS
 from tests.services import RedisServer
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def wait_until(condition: object, timeout_s: float = 5.0) -> None:

@@ -2,7 +2,6 @@
 by several gateways through a real, private Redis (which may fail)."""
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,16 +14,6 @@ from surgeflow.service import Service
 from tests.gateway.conftest import API_KEY, TEST_WORKFLOWS, make_service
 from tests.routing.clock import FakeClock
 from tests.services import RedisServer
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_a_key_gets_its_burst_then_waits_for_the_refill() -> None:

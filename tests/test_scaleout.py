@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -25,9 +25,8 @@ import yaml
 from surgeflow.store.base import RunStatus
 from surgeflow.store.postgres import PostgresStore
 from tests.chaos_workflows import SCHEMA
-from tests.postgres import fresh_database, postgres_admin_urls
+from tests.nginx import nginx_binary, running_nginx
 from tests.services import RedisServer, free_port
-from tests.test_deploy_files import nginx_binary, running_nginx
 
 pytestmark = pytest.mark.slow
 
@@ -36,27 +35,6 @@ SUBMITTERS = 32  # concurrent clients
 KEY = "sk-chaos"
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 300  # for the whole load: submitting and finishing
-
-
-@pytest.fixture(scope="module")
-def postgres_admin_url() -> Iterator[str]:
-    yield from postgres_admin_urls()
-
-
-@pytest.fixture
-async def postgres_url(postgres_admin_url: str) -> AsyncIterator[str]:
-    async with fresh_database(postgres_admin_url) as url:
-        yield url
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Processes:

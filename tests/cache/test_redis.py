@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,16 +15,6 @@ from surgeflow.config import EndpointSettings, ModelCacheSettings, ModelSettings
 from surgeflow.models import ChatRequest, Message, ModelClient, SimulatedBackend
 from tests.routing.clock import FakeClock
 from tests.services import RedisServer
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from surgeflow.store.postgres import PostgresStore
 from surgeflow.store.sqlite import SQLiteStore
-from tests.postgres import fresh_database, postgres_admin_urls
 
 AnyStore = SQLiteStore | PostgresStore
 StoreFactory = Callable[[], AnyStore]
-
-
-@pytest.fixture(scope="session")
-def postgres_admin_url() -> Iterator[str]:
-    """A superuser URL of the session's PostgreSQL (started once, a few seconds)."""
-    yield from postgres_admin_urls()
-
-
-@pytest.fixture
-async def postgres_url(postgres_admin_url: str) -> AsyncIterator[str]:
-    """The URL of a new, empty database of the test's own."""
-    async with fresh_database(postgres_admin_url) as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import yaml
 
 from surgeflow.config import Settings, load_settings
 from surgeflow.errors import ConfigError
@@ -32,48 +31,14 @@ from surgeflow.tuning.runsim import simulate_runs
 from surgeflow.tuning.scenario import RunQueue, ServiceTime
 from surgeflow.tuning.targets import TargetSettings
 from tests.gateway.conftest import API_KEY
+from tests.tuning.configs import sim_config
 
-SERVICE_MS = 20.0
 TTL_S = 1
-
-
-def write_config(tmp_path: Path, *, cache: dict[str, object]) -> Path:
-    """A model ``sim`` on two simulated 20 ms endpoints, with the given cache settings."""
-    endpoint = {
-        "max_queue": 100_000,
-        "queue_timeout_s": 30,
-        "simulated": {
-            "ttft_ms": SERVICE_MS,
-            "tokens_per_s": 0,
-            "latency": "lognormal",
-            "jitter": 0.3,
-        },
-    }
-    document = {
-        "store": {"url": f"sqlite:///{tmp_path / 'knobs.db'}"},
-        "log": {"access": False},
-        "models": [
-            {
-                "name": "sim",
-                "policy": "least_connections",
-                "cache": cache,
-                "endpoints": [{**endpoint, "name": name} for name in ("a", "b")],
-            },
-            {
-                "name": "other",
-                "endpoints": [{**endpoint, "name": "c"}],
-            },
-        ],
-        "workflows": [],
-    }
-    path = tmp_path / "surgeflow.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings(write_config(tmp_path, cache={"ttl_s": 7}), env={})
+    return load_settings(sim_config(tmp_path, other_model=True, cache={"ttl_s": 7}), env={})
 
 
 # -- expected_hit_ratio against the gateway's cache ---------------------------------------------
@@ -82,7 +47,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.mark.slow
 async def test_expected_hit_ratio_matches_the_gateway_cache(tmp_path: Path) -> None:
     hit_ratio, prompts, rate = 0.5, 50, 200.0
-    settings = load_settings(write_config(tmp_path, cache={"ttl_s": TTL_S}), env={})
+    settings = load_settings(sim_config(tmp_path, other_model=True, cache={"ttl_s": TTL_S}), env={})
     async with (
         Service(settings, workflows={}, api_keys=[API_KEY]) as service,
         running_gateway(service) as url,

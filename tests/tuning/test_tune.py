@@ -24,48 +24,18 @@ from surgeflow.tuning.knobs import (
 from surgeflow.tuning.scenario import SLO
 from surgeflow.tuning.tune import merge_snippets, next_value, smallest_passing, tune, tune_all
 from tests.tuning import sleepy
+from tests.tuning.configs import ENDPOINTS, SERVICE_MS, sim_config
 
 RATE = 150.0
-SERVICE_MS = 20.0
-ENDPOINTS = 2
 # The fewest slots per endpoint that keep the pools below ρ = 1: 150 × 0.02 / 2 = 1.5 → 2.
 STABLE_MIN = math.ceil(RATE * SERVICE_MS / 1000 / ENDPOINTS)
 
 runner = CliRunner()
 
 
-def write_config(tmp_path: Path) -> Path:
-    endpoint = {
-        "max_queue": 100_000,
-        "queue_timeout_s": 30,
-        "simulated": {
-            "ttft_ms": SERVICE_MS,
-            "tokens_per_s": 0,
-            "latency": "lognormal",
-            "jitter": 0.3,
-        },
-    }
-    document = {
-        "store": {"url": f"sqlite:///{tmp_path / 'unused.db'}"},
-        "log": {"access": False},
-        "models": [
-            {
-                "name": "sim",
-                "policy": "least_connections",
-                "cache": {"enabled": False},
-                "endpoints": [{**endpoint, "name": name} for name in ("a", "b")],
-            }
-        ],
-        "workflows": [],
-    }
-    path = tmp_path / "surgeflow.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings(write_config(tmp_path), env={})
+    return load_settings(sim_config(tmp_path), env={})
 
 
 def test_next_value_checks_below_a_pass_steps_up_past_a_failure_and_bisects() -> None:
@@ -149,7 +119,7 @@ async def test_an_impossible_slo_ends_with_no_setting_not_a_crash(settings: Sett
 
 
 def test_tune_command_writes_the_trials_and_the_snippet(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = sim_config(tmp_path)
     out = tmp_path / "tune.json"
     png = tmp_path / "tune.png"
     plots = importlib.util.find_spec("matplotlib") is not None
@@ -214,7 +184,7 @@ def test_tune_command_writes_the_trials_and_the_snippet(tmp_path: Path) -> None:
 def test_tune_command_rejects_bad_input_in_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    config = write_config(tmp_path)
+    config = sim_config(tmp_path)
     result = runner.invoke(app, ["tune", "--config", str(config), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -280,11 +250,8 @@ async def test_a_cache_ttl_is_chosen_for_repeated_prompts(tmp_path: Path) -> Non
     # them. 60% repeat one of 100 prompts (0.9/s each): a TTL of T answers 0.6·0.9T/(1 + 0.9T),
     # a third from about T = 1.4 s; the trials warm up a TTL long, so the cache is in its
     # steady state when they measure.
-    settings = load_settings(write_config(tmp_path), env={})
-    model = settings.models[0]
-    candidate = MaxConcurrency().apply(
-        Candidate(settings=msgspec_replace_cache(settings)), model.name, 1
-    )
+    settings = load_settings(sim_config(tmp_path, cache={}), env={})  # the cache on
+    candidate = MaxConcurrency().apply(Candidate(settings=settings), "sim", 1)
     result = await tune(
         candidate,
         Workload(model="sim", hit_ratio=0.6, prompts=100),
@@ -304,17 +271,6 @@ async def test_a_cache_ttl_is_chosen_for_repeated_prompts(tmp_path: Path) -> Non
     assert 0 < result.resources <= 100
     failed_below = [t for t in result.trials if not t.passed]
     assert all(t.value < result.chosen for t in failed_below)
-
-
-def msgspec_replace_cache(settings: Settings) -> Settings:
-    """The test config with its model's cache on (`write_config` turns it off)."""
-    import msgspec
-
-    models = [
-        msgspec.structs.replace(m, cache=msgspec.structs.replace(m.cache, enabled=True))
-        for m in settings.models
-    ]
-    return msgspec.structs.replace(settings, models=models)
 
 
 def runs_settings(tmp_path: Path, concurrency: int) -> Settings:
