@@ -100,9 +100,50 @@ async def test_pragmas(db: SQLiteDatabase) -> None:
             for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
         )
 
-    expected = ("wal", 1, 1, 5000)  # synchronous 1 = NORMAL
-    assert await db.write(pragmas) == expected
-    assert await db.read(pragmas) == expected
+    # synchronous 1 = NORMAL; the writer waits for another process's lock itself (`_begin`)
+    assert await db.write(pragmas) == ("wal", 1, 1, 0)
+    assert await db.read(pragmas) == ("wal", 1, 1, 5000)
+
+
+def lock_from_another_connection(path: Path, seconds: float) -> threading.Thread:
+    """Hold the file's write lock from a connection of another 'process' for ``seconds``."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    locked.wait()
+    return thread
+
+
+async def test_a_write_waits_for_another_connections_lock_and_goes_soon_after(
+    db: SQLiteDatabase,
+) -> None:
+    holder = lock_from_another_connection(db.path, 0.2)
+    started = time.perf_counter()
+    await insert(db, "after the lock")
+    waited = time.perf_counter() - started
+    holder.join()
+    # SQLite's own busy handler could sleep up to 100 ms past the lock's end; ours a millisecond.
+    assert 0.15 <= waited < 0.28
+    assert await count(db) == 1
+
+
+async def test_a_lock_held_past_the_busy_timeout_fails_the_write(tmp_path: Path) -> None:
+    async with SQLiteDatabase(tmp_path / "t.db", schemas=[ITEMS], busy_timeout_ms=100) as db:
+        holder = lock_from_another_connection(db.path, 0.5)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await insert(db, "too late")
+        holder.join()
+        await insert(db, "now")  # the writer carries on
+        assert await count(db) == 1
 
 
 async def test_concurrent_writes_share_transactions(db: SQLiteDatabase) -> None:

@@ -228,8 +228,12 @@ class Worker:
 
     async def _process_job(self, job: Job) -> None:
         recorder = RunRecorder(self.store, job.run_id, self.hub)
+        checkpoints: dict[str, bytes] = {}
         try:
-            run = await self.store.get_run(job.run_id)
+            if job.exhausted:  # no attempt begins: read the run without starting it
+                run = await self.store.get_run(job.run_id)
+            else:  # the run as it begins this attempt, and what earlier attempts saved
+                run, checkpoints = await self.store.start_run(job.run_id)
         except NotFound:
             await self.queue.ack(job, self.id)
             return
@@ -250,12 +254,17 @@ class Worker:
             await self._conclude(job, recorder, RunStatus.FAILED, error=error)
             return
         if self.tracer is None:
-            await self._execute(job, run, workflow, recorder)
+            await self._execute(job, run, workflow, recorder, checkpoints)
         else:
-            await self._traced_execute(job, run, workflow, recorder)
+            await self._traced_execute(job, run, workflow, recorder, checkpoints)
 
     async def _traced_execute(
-        self, job: Job, run: Run, workflow: Workflow, recorder: RunRecorder
+        self,
+        job: Job,
+        run: Run,
+        workflow: Workflow,
+        recorder: RunRecorder,
+        checkpoints: dict[str, bytes],
     ) -> None:
         """`_execute` in a ``run <workflow>`` span, after a ``queue wait`` span (first attempt:
         from submission to now); both join the trace of the request that submitted the run."""
@@ -266,7 +275,7 @@ class Worker:
             self.tracer.record("queue wait", run.created_at, time.time(), attributes, parent=parent)
         attributes = {**attributes, tracing.RUN_ATTEMPT: job.attempts}
         with self.tracer.span(f"run {run.workflow}", attributes, parent=parent):
-            await self._execute(job, run, workflow, recorder)
+            await self._execute(job, run, workflow, recorder, checkpoints)
 
     async def _submitted_trace(self, run_id: str) -> dict[str, Any] | None:
         """The trace context `Service.submit` put in the run's ``run.queued`` event, if any."""
@@ -275,9 +284,14 @@ class Worker:
                 return event.data
         return None
 
-    async def _execute(self, job: Job, run: Run, workflow: Workflow, recorder: RunRecorder) -> None:
-        checkpoints = await self.store.load_checkpoints(run.id)
-        await self.store.start_run(run.id)
+    async def _execute(
+        self,
+        job: Job,
+        run: Run,
+        workflow: Workflow,
+        recorder: RunRecorder,
+        checkpoints: dict[str, bytes],
+    ) -> None:
         on_event: EventHandler = recorder.step_event
         if self.stats is not None:
             if job.attempts == 1:

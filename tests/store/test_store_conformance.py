@@ -70,13 +70,16 @@ async def test_unknown_ids_raise_not_found(store: AnyStore) -> None:
 
 async def test_start_counts_attempts_and_keeps_first_start(store: AnyStore) -> None:
     run, _ = await store.create_run("wf", {})
-    first = await store.start_run(run.id)
+    first, checkpoints = await store.start_run(run.id)
     assert first.status is RunStatus.RUNNING
     assert first.attempts == 1
     assert first.started_at is not None
-    second = await store.start_run(run.id)
+    assert checkpoints == {}
+    await store.save_checkpoint(run.id, "fetch", b'{"pages": 4}')
+    second, checkpoints = await store.start_run(run.id)
     assert second.attempts == 2
     assert second.started_at == first.started_at
+    assert checkpoints == {"fetch": b'{"pages": 4}'}  # what the first attempt saved
 
 
 async def test_finish_sets_outcome_once(store: AnyStore) -> None:
@@ -110,7 +113,7 @@ async def test_cancel_queued_run_at_once(store: AnyStore) -> None:
     assert cancelled.status is RunStatus.CANCELLED
     assert cancelled.finished_at is not None
     # A worker that picks the job up afterwards finds it terminal and untouched.
-    assert await store.start_run(run.id) == cancelled
+    assert await store.start_run(run.id) == (cancelled, {})
 
 
 async def test_cancel_running_run_sets_the_flag(store: AnyStore) -> None:

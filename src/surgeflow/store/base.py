@@ -94,8 +94,10 @@ class Store(Protocol):
         """Runs, newest first, optionally only those in ``statuses``."""
         ...
 
-    async def start_run(self, run_id: str) -> Run:
-        """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start)."""
+    async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:
+        """Mark a live run running (``attempts`` + 1, ``started_at`` kept from the first start)
+        and return it with its checkpoints, in one round trip; a terminal run comes back
+        unchanged, with no checkpoints. `NotFound` for an unknown run."""
         ...
 
     async def finish_run(

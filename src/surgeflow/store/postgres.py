@@ -306,8 +306,9 @@ class PostgresStore:
                 )
         return [_run_from_row(row) for row in rows]
 
-    async def start_run(self, run_id: str) -> Run:
-        """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start).
+    async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:
+        """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start) and
+        return it with its checkpoints, over one connection.
 
         A terminal run (cancelled while queued, say) is returned unchanged: check its status.
         """
@@ -316,8 +317,8 @@ class PostgresStore:
             " updated_at = $1"
         )
         async with self._connection() as conn:
-            run, _ = await _update_live_run(conn, run_id, sql, (time.time(),))
-            return run
+            run, started = await _update_live_run(conn, run_id, sql, (time.time(),))
+            return run, await _checkpoints(conn, run_id) if started else {}
 
     async def finish_run(
         self,
@@ -386,8 +387,7 @@ class PostgresStore:
     async def load_checkpoints(self, run_id: str) -> dict[str, bytes]:
         """Every saved step output of the run, by step key (empty for an unknown run)."""
         async with self._connection() as conn:
-            rows = await conn.fetch("SELECT key, output FROM checkpoints WHERE run_id = $1", run_id)
-        return {key: bytes(output) for key, output in rows}
+            return await _checkpoints(conn, run_id)
 
     async def append_event(
         self,
@@ -536,6 +536,11 @@ async def _update_live_run(
     )
     # No row: the run is terminal (returned as it is) or does not exist.
     return (await _fetch_run(conn, run_id), False) if row is None else (_run_from_row(row), True)
+
+
+async def _checkpoints(conn: Any, run_id: str) -> dict[str, bytes]:
+    rows = await conn.fetch("SELECT key, output FROM checkpoints WHERE run_id = $1", run_id)
+    return {key: bytes(output) for key, output in rows}
 
 
 async def _migrate(pool: Any, migrations: Sequence[str]) -> None:

@@ -130,6 +130,11 @@ def _update_live_run(
     return (_fetch_run(conn, run_id), False) if row is None else (_run_from_row(row), True)
 
 
+def _checkpoints(conn: sqlite3.Connection, run_id: str) -> dict[str, bytes]:
+    rows = conn.execute("SELECT key, output FROM checkpoints WHERE run_id = ?", (run_id,))
+    return {key: bytes(output) for key, output in rows}
+
+
 def _require_run(conn: sqlite3.Connection, run_id: str) -> None:
     if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
         raise NotFound(f"no run {run_id!r}")
@@ -217,8 +222,9 @@ class SQLiteStore(SQLiteBacked):
         rows = await self._read(lambda conn: conn.execute(sql, (*values, limit)).fetchall())
         return [_run_from_row(row) for row in rows]
 
-    async def start_run(self, run_id: str) -> Run:
-        """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start).
+    async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:
+        """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start) and
+        return it with its checkpoints, in one write.
 
         A terminal run (cancelled while queued, say) is returned unchanged: check its status.
         """
@@ -227,8 +233,12 @@ class SQLiteStore(SQLiteBacked):
             "status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, ?),"
             " updated_at = ?"
         )
-        run, _ = await self._write(lambda conn: _update_live_run(conn, run_id, sql, (now, now)))
-        return run
+
+        def start(conn: sqlite3.Connection) -> tuple[Run, dict[str, bytes]]:
+            run, started = _update_live_run(conn, run_id, sql, (now, now))
+            return run, _checkpoints(conn, run_id) if started else {}
+
+        return await self._write(start)
 
     async def finish_run(
         self,
@@ -292,12 +302,7 @@ class SQLiteStore(SQLiteBacked):
 
     async def load_checkpoints(self, run_id: str) -> dict[str, bytes]:
         """Every saved step output of the run, by step key (empty for an unknown run)."""
-        rows = await self._read(
-            lambda conn: conn.execute(
-                "SELECT key, output FROM checkpoints WHERE run_id = ?", (run_id,)
-            ).fetchall()
-        )
-        return {key: bytes(output) for key, output in rows}
+        return await self._read(lambda conn: _checkpoints(conn, run_id))
 
     async def append_event(
         self,
