@@ -300,7 +300,9 @@ def test_compose_has_the_scaled_out_services_wired_together() -> None:
         assert grace > UVICORN_GRACEFUL_S
     assert worker["command"][:2] == ["surgeflow", "worker"]
     assert worker["deploy"]["replicas"] == 2
-    assert worker["healthcheck"] == {"disable": True}, "a worker serves no /healthz"
+    worker_port = worker["command"][worker["command"].index("--metrics-port") + 1]
+    assert worker["expose"] == [worker_port]
+    assert f"127.0.0.1:{worker_port}/healthz" in " ".join(worker["healthcheck"]["test"])
     worker_grace = float(worker["stop_grace_period"].removesuffix("s"))
     assert worker_grace > WorkerSettings().drain_timeout_s
     # nginx in front of both gateways, on 8080, once they are healthy.
@@ -453,12 +455,21 @@ def test_the_k8s_manifests_fit_together(served: dict[str, int]) -> None:
     assert sleep[0] == "sleep"
     grace = gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > int(sleep[1]) + UVICORN_GRACEFUL_S
-    # The worker: its command, no HTTP probes (it serves none), a grace longer than its drain.
+    # The worker: its command, /healthz and /metrics on its --metrics-port, a liveness probe
+    # only (it takes no traffic), a grace longer than its drain.
     worker_container = container(worker)
-    assert worker_container["args"][:2] == ["surgeflow", "worker"]
+    args = worker_container["args"]
+    assert args[:2] == ["surgeflow", "worker"]
     assert worker_container["image"] == gateway_container["image"]
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert kind not in worker_container, "surgeflow worker serves no HTTP"
+    [worker_port] = worker_container["ports"]
+    assert int(args[args.index("--metrics-port") + 1]) == worker_port["containerPort"]
+    assert args[args.index("--metrics-host") + 1] == "0.0.0.0"
+    liveness = worker_container["livenessProbe"]["httpGet"]
+    assert liveness["path"] == "/healthz"
+    assert liveness["port"] in (worker_port["name"], worker_port["containerPort"])
+    assert "readinessProbe" not in worker_container
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(worker_port["containerPort"])
     drain_s = float(config["data"].get("SURGEFLOW_WORKER__DRAIN_TIMEOUT_S", 0)) or (
         WorkerSettings().drain_timeout_s
     )

@@ -1,6 +1,7 @@
 """Durable runs survive a SIGKILLed worker and a SIGTERM drain, with real worker processes."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,11 +11,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from surgeflow.config import load_settings
 from surgeflow.service import Service
 from surgeflow.store.base import RunStatus
+from tests.services import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +174,39 @@ async def test_a_drain_that_times_out_hands_the_run_back(workdir: Path, service:
     done = await service.store.get_run(run.id)
     assert done.status is RunStatus.SUCCEEDED
     assert done.attempts == 2
+
+
+async def test_a_worker_serves_its_metrics_and_health(workdir: Path, service: Service) -> None:
+    port = free_port()
+    worker = start_worker(workdir, "--metrics-port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+            for _ in range(200):  # until it listens
+                with contextlib.suppress(httpx.TransportError):
+                    health = await client.get("/healthz")
+                    break
+                await asyncio.sleep(0.05)
+            assert health.status_code == 200
+            assert health.json()["status"] == "ok"
+            run, _ = await service.submit("slow", {"seconds": 0.05})
+
+            async def succeeded() -> bool:
+                return (await service.store.get_run(run.id)).status is RunStatus.SUCCEEDED
+
+            for _ in range(200):
+                if await succeeded():
+                    break
+                await asyncio.sleep(0.05)
+            metrics = (await client.get("/metrics")).text
+            finished = 'surgeflow_runs_finished_total{status="succeeded",workflow="slow"} 1.0'
+            assert finished in metrics
+            ready = await client.get("/readyz")
+            assert (ready.status_code, ready.json()["ready"]) == (200, True)
+            assert (await client.get("/nope")).status_code == 404
+            assert (await client.post("/metrics")).status_code == 405
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=20)[0].decode()
+    assert worker.returncode == 0, output
+    assert f"worker metrics on http://127.0.0.1:{port}/metrics" in output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import signal
 import time
@@ -136,8 +137,18 @@ def worker(
     config: ConfigOption = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Runs at once.")] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queue has nothing ready.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve /metrics, /healthz and /readyz on this port (0: any)."
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address for --metrics-port (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
 ) -> None:
     """Execute queued workflow runs until SIGTERM (then drain) or, with --burst, until idle."""
+    from surgeflow.server import WorkerApp, running_app
     from surgeflow.service import Service
 
     settings = _settings(config)
@@ -150,9 +161,16 @@ def worker(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, runner.stop)
-            console.print(f"worker {runner.id} started (concurrency {runner.concurrency})")
-            await runner.run(burst=burst)
-            console.print(f"worker {runner.id} stopped after {runner.completed} runs")
+            async with contextlib.AsyncExitStack() as stack:
+                if metrics_port is not None:
+                    app = WorkerApp(service, runner)
+                    url = await stack.enter_async_context(
+                        running_app(app, metrics_host, metrics_port, graceful_timeout_s=1)
+                    )
+                    console.print(f"worker metrics on {url}/metrics")
+                console.print(f"worker {runner.id} started (concurrency {runner.concurrency})")
+                await runner.run(burst=burst)
+                console.print(f"worker {runner.id} stopped after {runner.completed} runs")
 
     _run(main())
 

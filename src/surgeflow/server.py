@@ -12,8 +12,11 @@ from typing import Any
 import uvicorn
 
 from surgeflow.gateway import Gateway
+from surgeflow.gateway.http import send_bytes, send_json
 from surgeflow.gateway.tracing import TracedGateway
+from surgeflow.metrics import METRICS_CONTENT_TYPE
 from surgeflow.service import Service
+from surgeflow.worker import Worker, WorkerState
 
 log = logging.getLogger("surgeflow.server")
 
@@ -88,6 +91,40 @@ def gateway_app(service: Service) -> ASGIApp:
     gateway = Gateway(service)
     tracer = service.tracer
     return gateway if tracer is None else TracedGateway(gateway, tracer)
+
+
+class WorkerApp:
+    """The little HTTP a `surgeflow worker` process answers (``--metrics-port``), for the
+    places a worker shares no ``metrics_dir`` with a gateway (a Kubernetes pod):
+
+    - ``GET /metrics``: this process's figures (runs, steps, queue), as a gateway's are;
+    - ``GET /healthz``: 200 while the worker leases or drains runs, 503 once it stopped;
+    - ``GET /readyz``: whether the store and the queue answer, as on a gateway.
+    """
+
+    def __init__(self, service: Service, worker: Worker) -> None:
+        self.service = service
+        self.worker = worker
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if method not in ("GET", "HEAD"):
+            await send_json(send, 405, {"error": f"{method} is not allowed here"})
+        elif path == "/metrics":
+            body = await self.service.metrics.exposition()
+            headers = [(b"content-type", METRICS_CONTENT_TYPE.encode())]
+            await send_bytes(send, 200, body, headers)
+        elif path == "/healthz":
+            alive = self.worker.state is not WorkerState.STOPPED
+            state = {"status": "ok" if alive else "stopped", "worker": self.worker.state.value}
+            await send_json(send, 200 if alive else 503, state)
+        elif path == "/readyz":
+            ready, checks = await self.service.readiness()
+            await send_json(send, 200 if ready else 503, {"ready": ready, "checks": checks})
+        else:
+            await send_json(send, 404, {"error": f"no route {path}: try /metrics, /healthz"})
 
 
 async def serve_forever(

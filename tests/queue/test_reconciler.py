@@ -94,8 +94,8 @@ class StaleListing:
         self.store = store
         self.runs = runs
 
-    async def list_runs(self, **kwargs: Any) -> list[Run]:
-        return self.runs
+    async def list_runs(self, *, before: str | None = None, **kwargs: Any) -> list[Run]:
+        return self.runs if before is None else []
 
     async def get_run(self, run_id: str) -> Run:
         return await self.store.get_run(run_id)
@@ -112,6 +112,18 @@ async def test_a_run_that_finishes_meanwhile_is_not_put_back(
     reconciler = Reconciler(StaleListing(store, listing), queue, grace_s=0)  # type: ignore[arg-type]
     assert await reconciler.reconcile_once() == 0
     assert await queue.present([run_id]) == set()
+
+
+async def test_a_round_pages_through_every_waiting_run(
+    store: SQLiteStore, queue: RedisQueue, own_redis: RedisServer
+) -> None:
+    queued = await submit(store, queue, 7)
+    await store.finish_run(queued[3], RunStatus.SUCCEEDED, output={})
+    flush_redis(own_redis)
+    reconciler = Reconciler(store, queue, grace_s=0, page_size=2)
+    assert await reconciler.reconcile_once() == 6  # four pages of two
+    waiting = set(queued) - {queued[3]}
+    assert await queue.present(queued) == waiting
 
 
 async def eventually(predicate: Callable[[], bool], *, timeout_s: float) -> None:

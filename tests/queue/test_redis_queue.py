@@ -175,3 +175,26 @@ async def test_the_pending_list_shows_who_holds_a_job(
         [(_, fields)] = dead
         assert (fields["run"], fields["error"], fields["attempts"]) == ("run_1", "gave up", "3")
         assert old.id == again.id
+
+
+async def test_consumers_of_exited_workers_are_pruned(
+    own_redis: RedisServer, client: aioredis.Redis
+) -> None:
+    jobs_key = queue_keys("runs")[0]
+    async with RedisQueue(own_redis.url) as queue:
+        for run_id in ("run_1", "run_2", "run_3"):
+            await queue.put(run_id)
+        [done] = await queue.get("exited", lease_s=30)
+        await queue.ack(done, "exited")
+        [held] = await queue.get("busy", lease_s=30)
+        [kept] = await queue.get("slow", lease_s=30)
+        assert await queue.prune_consumers(3600) == 0  # nobody idle that long
+        await asyncio.sleep(0.05)
+        assert await queue.prune_consumers(0.01) == 1  # "exited": it holds nothing
+        names = {c["name"] for c in await client.xinfo_consumers(jobs_key, GROUP)}
+        assert names == {"busy", "slow"}
+        await queue.ack(held, "busy")
+        assert await queue.prune_consumers(0) == 1
+        names = {c["name"] for c in await client.xinfo_consumers(jobs_key, GROUP)}
+        assert names == {"slow"}  # still holds run_3
+        assert kept.run_id == "run_3"

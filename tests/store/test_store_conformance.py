@@ -141,6 +141,25 @@ async def test_list_runs_newest_first_and_filtered(store: AnyStore) -> None:
     assert await store.list_runs(limit=0) == []
 
 
+async def test_list_runs_pages_by_key(store: AnyStore) -> None:
+    ids = [(await store.create_run("wf", {"i": i}))[0].id for i in range(7)]
+    for run_id in ids[::2]:
+        await store.start_run(run_id)
+    running = frozenset({RunStatus.RUNNING})
+    pages: list[list[str]] = []
+    before: str | None = None
+    while page := await store.list_runs(statuses=running, limit=2, before=before):
+        pages.append([run.id for run in page])
+        before = page[-1].id
+        await store.create_run("wf", {"late": True})  # new runs never shift later pages
+    assert pages == [[ids[6], ids[4]], [ids[2], ids[0]]]
+    everything = [r.id for r in await store.list_runs(limit=100)]
+    assert [r.id for r in await store.list_runs(before=ids[3])] == everything[
+        everything.index(ids[3]) + 1 :
+    ]
+    assert await store.list_runs(before="run_nope") == []
+
+
 async def test_checkpoints_round_trip(store: AnyStore) -> None:
     run, _ = await store.create_run("wf", {})
     await store.save_checkpoint(run.id, "fetch", b'{"pages": 3}')

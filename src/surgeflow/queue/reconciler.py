@@ -29,8 +29,9 @@ class Reconciler:
     A run counts only once it was last updated more than ``grace_s`` ago, so a run whose put is
     still on its way is not enqueued twice (a double put is harmless, but noisy). A run found
     missing is read again before its put: one that finished between the two reads (its job acked
-    in between) is left alone. Each round looks at the newest ``limit`` waiting runs (the store
-    lists newest first and cannot page yet). ``clock`` (Unix seconds) is for tests.
+    in between) is left alone. Each round pages through every waiting run, ``page_size`` at a
+    time (newest first, by key, so runs created meanwhile shift nothing). ``clock`` (Unix
+    seconds) is for tests.
     """
 
     def __init__(
@@ -40,16 +41,16 @@ class Reconciler:
         *,
         interval_s: float = 30.0,
         grace_s: float = 60.0,
-        limit: int = 10_000,
+        page_size: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if interval_s <= 0 or grace_s < 0 or limit < 1:
-            raise ValueError("interval_s must be positive, grace_s not negative, limit >= 1")
+        if interval_s <= 0 or grace_s < 0 or page_size < 1:
+            raise ValueError("interval_s must be positive, grace_s not negative, page_size >= 1")
         self.store = store
         self.queue = queue
         self.interval_s = interval_s
         self.grace_s = grace_s
-        self.limit = limit
+        self.page_size = page_size
         self._clock = clock
         self.rounds = 0  # completed reconcile_once calls
         self.reenqueued = 0  # runs put back, over all rounds
@@ -65,15 +66,28 @@ class Reconciler:
     async def reconcile_once(self) -> int:
         """One round; returns how many runs it re-enqueued.
 
-        Two reads find the candidates (the store's waiting runs, then which of them the queue
-        holds); only missing runs cost more I/O.
+        Two reads per page find the candidates (the store's waiting runs, then which of them
+        the queue holds); only missing runs cost more I/O.
         """
         cutoff = self._clock() - self.grace_s
-        runs = await self.store.list_runs(statuses=_WAITING, limit=self.limit)
-        settled = [run.id for run in runs if run.updated_at <= cutoff]
-        present = await self.queue.present(settled) if settled else set()
         restored = 0
-        for run_id in settled:
+        before: str | None = None
+        while runs := await self.store.list_runs(
+            statuses=_WAITING, limit=self.page_size, before=before
+        ):
+            before = runs[-1].id
+            restored += await self._restore([run.id for run in runs if run.updated_at <= cutoff])
+            if len(runs) < self.page_size:
+                break
+        self.rounds += 1
+        self.reenqueued += restored
+        return restored
+
+    async def _restore(self, run_ids: list[str]) -> int:
+        """Put back those of ``run_ids`` that the queue lacks and that are still waiting."""
+        present = await self.queue.present(run_ids) if run_ids else set()
+        restored = 0
+        for run_id in run_ids:
             if run_id in present:
                 continue
             try:
@@ -83,8 +97,6 @@ class Reconciler:
             if run.status in _WAITING and await self.queue.put(run_id):
                 log.warning("re-enqueued run %s, which the queue had lost", run_id)
                 restored += 1
-        self.rounds += 1
-        self.reenqueued += restored
         return restored
 
     async def run(self) -> None:

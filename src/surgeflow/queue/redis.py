@@ -335,10 +335,33 @@ return {in_stream + redis.call('ZCARD', DELAYED), redis.call('ZCARD', LEASES),
 """
 )
 
+# ARGV[4]: idle (ms). Deletes the group's consumers that hold nothing and were idle that long
+# (workers that exited): a consumer name is per worker process, so they would pile up. A live
+# worker that was deleted comes back with its next read. Returns how many went.
+_PRUNE = (
+    _PRELUDE
+    + """
+local consumers = redis.pcall('XINFO', 'CONSUMERS', JOBS, GROUP)
+if type(consumers) ~= 'table' or consumers.err then return 0 end
+local idle_ms, pruned = tonumber(ARGV[4]), 0
+for _, fields in ipairs(consumers) do
+  local info = {}
+  for i = 1, #fields, 2 do info[fields[i]] = fields[i + 1] end
+  if tonumber(info['pending']) == 0 and tonumber(info['idle']) >= idle_ms then
+    redis.call('XGROUP', 'DELCONSUMER', JOBS, GROUP, info['name'])
+    pruned = pruned + 1
+  end
+end
+return pruned
+"""
+)
+
 _Failure = (RedisError, OSError, TimeoutError)
 _PRESENT_BATCH = 1000
 _WAIT_CHUNK_S = 1.0  # one blocking XREAD waits at most this long, well under its socket timeout
 MAX_CONNECTIONS = 64  # per queue object (a process): Redis serves them all
+PRUNE_EVERY_S = 60.0  # how often `get` looks for consumers of exited workers
+PRUNE_IDLE_S = 600.0  # a consumer that held nothing for this long is deleted
 
 
 class _State(enum.Enum):
@@ -429,6 +452,8 @@ class RedisQueue:
             register(_BURY),
             register(_STATS),
         )
+        self._prune = register(_PRUNE)
+        self._pruned_at = time.monotonic()  # the first look comes a minute after opening
         self._state = _State.UNOPENED
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
@@ -497,6 +522,9 @@ class RedisQueue:
             return []
         cursor, rows = await self._run("get", self._get, worker_id, _ms(lease_s), limit)
         self._cursor = cursor
+        if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            await self.prune_consumers(PRUNE_IDLE_S)
         expires_at = self._now() + lease_s
         self.lease_expiries += sum(int(row[3]) for row in rows)
         return [
@@ -594,6 +622,12 @@ class RedisQueue:
             batch = ids[start : start + _PRESENT_BATCH]
             found.update(await self._run("present", self._present, *batch))
         return found
+
+    async def prune_consumers(self, idle_s: float) -> int:
+        """Delete the consumers of the group that hold no job and were idle ``idle_s`` or longer
+        (exited workers; each worker process reads under a name of its own); how many went.
+        `get` does this every minute for consumers idle ten minutes."""
+        return int(await self._run("prune", self._prune, _ms(idle_s)))
 
     async def stats(self) -> QueueStats:
         """Counts by state (delayed jobs count as ready); a ready job's age is counted from when

@@ -89,9 +89,15 @@ class Store(Protocol):
         ...
 
     async def list_runs(
-        self, *, statuses: frozenset[RunStatus] | None = None, limit: int = 100
+        self,
+        *,
+        statuses: frozenset[RunStatus] | None = None,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[Run]:
-        """Runs, newest first, optionally only those in ``statuses``."""
+        """Runs, newest first, optionally only those in ``statuses``; with ``before`` (the id of
+        the last run of the previous page), the page after it. Pages by key, so runs created
+        meanwhile never shift a page."""
         ...
 
     async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:

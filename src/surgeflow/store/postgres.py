@@ -290,20 +290,34 @@ class PostgresStore:
             return await _fetch_run(conn, run_id)
 
     async def list_runs(
-        self, *, statuses: frozenset[RunStatus] | None = None, limit: int = 100
+        self,
+        *,
+        statuses: frozenset[RunStatus] | None = None,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[Run]:
-        """Runs, newest first, optionally only those in ``statuses``."""
+        """Runs, newest first, optionally only those in ``statuses``; with ``before`` (the id of
+        the last run of the previous page), the page after it."""
         if limit <= 0 or (statuses is not None and not statuses):
             return []
-        order = f"ORDER BY created_at DESC, ordinal DESC LIMIT {int(limit)}"
+        clauses: list[str] = []
+        params: list[Any] = []
+        if statuses is not None:
+            params.append([s.value for s in statuses])
+            clauses.append(f"status = ANY(${len(params)}::text[])")
+        if before is not None:
+            params.append(before)
+            clauses.append(
+                "(created_at, ordinal) <"
+                f" (SELECT created_at, ordinal FROM runs WHERE id = ${len(params)})"
+            )
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM runs {where}"
+            f" ORDER BY created_at DESC, ordinal DESC LIMIT {int(limit)}"
+        )
         async with self._connection() as conn:
-            if statuses is None:
-                rows = await conn.fetch(f"SELECT {_RUN_COLUMNS} FROM runs {order}")
-            else:
-                rows = await conn.fetch(
-                    f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = ANY($1::text[]) {order}",
-                    [s.value for s in statuses],
-                )
+            rows = await conn.fetch(sql, *params)
         return [_run_from_row(row) for row in rows]
 
     async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:

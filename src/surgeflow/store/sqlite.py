@@ -209,17 +209,31 @@ class SQLiteStore(SQLiteBacked):
         return await self._read(lambda conn: _fetch_run(conn, run_id))
 
     async def list_runs(
-        self, *, statuses: frozenset[RunStatus] | None = None, limit: int = 100
+        self,
+        *,
+        statuses: frozenset[RunStatus] | None = None,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[Run]:
-        """Runs, newest first, optionally only those in ``statuses``."""
+        """Runs, newest first, optionally only those in ``statuses``; with ``before`` (the id of
+        the last run of the previous page), the page after it."""
         if limit <= 0 or (statuses is not None and not statuses):
             return []
-        values = [s.value for s in statuses or ()]
-        where = f"WHERE status IN ({', '.join('?' * len(values))})" if values else ""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if statuses is not None:
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params += [s.value for s in statuses]
+        if before is not None:
+            clauses.append(
+                "(created_at, rowid) < (SELECT created_at, rowid FROM runs WHERE id = ?)"
+            )
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
             f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?"
         )
-        rows = await self._read(lambda conn: conn.execute(sql, (*values, limit)).fetchall())
+        rows = await self._read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
         return [_run_from_row(row) for row in rows]
 
     async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:
