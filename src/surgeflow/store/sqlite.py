@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -135,9 +136,16 @@ def _checkpoints(conn: sqlite3.Connection, run_id: str) -> dict[str, bytes]:
     return {key: bytes(output) for key, output in rows}
 
 
-def _require_run(conn: sqlite3.Connection, run_id: str) -> None:
-    if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
-        raise NotFound(f"no run {run_id!r}")
+@contextlib.contextmanager
+def _of_a_known_run(run_id: str) -> Iterator[None]:
+    """Rows that reference ``run_id`` are written in here: `NotFound` if there is no such run
+    (the foreign key on ``runs`` says so, with no query of its own)."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if "FOREIGN KEY" in str(exc):
+            raise NotFound(f"no run {run_id!r}") from None
+        raise
 
 
 def _key_from_row(row: tuple[Any, ...]) -> ApiKey:
@@ -304,13 +312,13 @@ class SQLiteStore(SQLiteBacked):
         now = time.time()
 
         def save(conn: sqlite3.Connection) -> None:
-            _require_run(conn, run_id)
-            conn.execute(
-                "INSERT INTO checkpoints (run_id, key, output, saved_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (run_id, key) DO UPDATE"
-                " SET output = excluded.output, saved_at = excluded.saved_at",
-                (run_id, key, output, now),
-            )
+            with _of_a_known_run(run_id):
+                conn.execute(
+                    "INSERT INTO checkpoints (run_id, key, output, saved_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (run_id, key) DO UPDATE"
+                    " SET output = excluded.output, saved_at = excluded.saved_at",
+                    (run_id, key, output, now),
+                )
 
         await self._write(save)
 
@@ -331,14 +339,14 @@ class SQLiteStore(SQLiteBacked):
         now = time.time()
 
         def append(conn: sqlite3.Connection) -> int:
-            _require_run(conn, run_id)
             # max + 1 is race-free: every write holds the file's write lock (BEGIN IMMEDIATE).
-            row = conn.execute(
-                "INSERT INTO events (run_id, seq, type, at, step, data)"
-                " SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ? FROM events WHERE run_id = ?"
-                " RETURNING seq",
-                (run_id, type, now, step, data_json, run_id),
-            ).fetchone()
+            with _of_a_known_run(run_id):
+                row = conn.execute(
+                    "INSERT INTO events (run_id, seq, type, at, step, data)"
+                    " SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ? FROM events"
+                    " WHERE run_id = ? RETURNING seq",
+                    (run_id, type, now, step, data_json, run_id),
+                ).fetchone()
             return int(row[0])
 
         seq = await self._write(append)
@@ -357,18 +365,19 @@ class SQLiteStore(SQLiteBacked):
         now = time.time()
 
         def append(conn: sqlite3.Connection) -> int:
-            _require_run(conn, run_id)
             row = conn.execute(
                 "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
             ).fetchone()
             first = int(row[0]) + 1
-            conn.executemany(
-                "INSERT INTO events (run_id, seq, type, at, step, data) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (run_id, first + i, type, now, step, data)
-                    for i, (type, step, data) in enumerate(encoded)
-                ],
-            )
+            with _of_a_known_run(run_id):
+                conn.executemany(
+                    "INSERT INTO events (run_id, seq, type, at, step, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (run_id, first + i, type, now, step, data)
+                        for i, (type, step, data) in enumerate(encoded)
+                    ],
+                )
             return first
 
         first = await self._write(append)
