@@ -5,8 +5,11 @@ Systems (each worker its own process, started as its own CLI, against one privat
 
 - ``surgeflow-sqlite``: ``python -m surgeflow worker --config cfg``, store and queue in one
   SQLite file; ``surgeflow-redis``: the same with ``queue.url: redis://…`` (Redis Streams queue;
-  the store stays SQLite). The harness submits through ``Service(settings,
-  embedded_worker=False).submit("noop", {})`` from 64 tasks, and polls the store every 20 ms
+  the store stays SQLite); ``surgeflow-rabbitmq``: ``queue.url: amqp://…`` (the machine's
+  RabbitMQ, ``--rabbitmq-url``) with the queue's index in PostgreSQL (``--index-url``, the
+  machine's server); its "broker CPU" is RabbitMQ's (PostgreSQL's is not counted). The
+  harness submits through ``Service(settings, embedded_worker=False).submit("noop", {})`` from
+  64 tasks, and polls the store every 20 ms
   until no run is queued or running. The job is a durable run of a one-step no-op workflow
   (``benchmarks/queue_peers/noop.py``).
 - ``arq``, ``celery``, ``taskiq`` (``ListQueueBroker``), ``taskiq-stream``
@@ -19,7 +22,7 @@ Redis, submits a warm-up of 50 jobs and waits for them, then times N jobs from t
 to the last completion. A tuning pass first runs each system's candidate settings once
 (``--tune-jobs``) and keeps the fastest; then ``--rounds`` rounds run every system in turn, the
 order rotating each round. Figures: medians over rounds; CPU seconds from /proc (worker: its
-process tree; Redis; the submitting client) over the timed window.
+process tree; the broker, Redis or RabbitMQ; the submitting client) over the timed window.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ def systems(names: list[str]) -> list[System]:
         System(
             "surgeflow-redis",
             [(f"concurrency {c}", {"queue": "redis", "concurrency": c}) for c in (16, 64, 256)],
+        ),
+        System(
+            "surgeflow-rabbitmq",
+            [(f"concurrency {c}", {"queue": "rabbitmq", "concurrency": c}) for c in (16, 64, 256)],
         ),
         System(
             "arq",
@@ -181,6 +188,8 @@ def surgeflow_config(tmp: Path, redis_url: str, settings: dict[str, Any]) -> Pat
     }
     if settings["queue"] == "redis":
         config["queue"] = {"url": redis_url}
+    elif settings["queue"] == "rabbitmq":
+        config["queue"] = {"url": RABBITMQ["url"], "index_url": RABBITMQ["index_url"]}
     path = tmp / "surgeflow.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
@@ -254,6 +263,48 @@ def measure_surgeflow(
             if proc.poll() is not None:
                 result["error"] = f"worker exited ({proc.returncode}): {tail(tmp / 'worker.log')}"
     return result
+
+
+RABBITMQ: dict[str, str] = {}  # url, index_url: from the command line
+
+
+async def _empty_rabbitmq_queue() -> None:
+    """Delete the RabbitMQ queue's tickets, dead letters and index rows (the queue is named
+    ``runs``, as the service's is)."""
+    import aio_pika
+    import asyncpg  # type: ignore[import-untyped]
+
+    from surgeflow.queue.rabbitmq import TABLE, queue_names
+
+    connection = await aio_pika.connect(RABBITMQ["url"], timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        for name in queue_names("runs"):
+            await channel.queue_delete(name)
+    conn = await asyncpg.connect(RABBITMQ["index_url"], timeout=10)
+    try:
+        with contextlib.suppress(asyncpg.UndefinedTableError):
+            await conn.execute(f"DELETE FROM {TABLE} WHERE queue = 'runs'")
+    finally:
+        await conn.close()
+
+
+def rabbitmq_pid() -> int:
+    """The RabbitMQ node's process (Erlang's beam), for its CPU time."""
+    found = subprocess.run(["pgrep", "-o", "beam.smp"], capture_output=True, text=True).stdout
+    if not found.strip():
+        raise RuntimeError("no RabbitMQ node (beam.smp) is running: rabbitmq-server -detached")
+    return int(found.split()[0])
+
+
+def surgeflow_rabbitmq_supported() -> str | None:
+    """Why RabbitMQ cannot be measured here, or None if it can."""
+    try:
+        rabbitmq_pid()
+        asyncio.run(_empty_rabbitmq_queue())
+    except Exception as exc:  # any reason at all is reported, and the system skipped
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def surgeflow_redis_supported(redis_url: str) -> str | None:
@@ -342,7 +393,10 @@ def measure(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     Redis.from_url(redis[0]).flushall()
-    if system.name.startswith("surgeflow"):
+    if system.name == "surgeflow-rabbitmq":
+        asyncio.run(_empty_rabbitmq_queue())
+        result = measure_surgeflow(settings, jobs, (redis[0], rabbitmq_pid()), args)
+    elif system.name.startswith("surgeflow"):
         result = measure_surgeflow(settings, jobs, redis, args)
     else:
         result = measure_peer(system.name, settings, jobs, redis, args)
@@ -399,6 +453,7 @@ def main() -> int:
     all_names = [
         "surgeflow-sqlite",
         "surgeflow-redis",
+        "surgeflow-rabbitmq",
         "arq",
         "celery",
         "taskiq",
@@ -413,7 +468,14 @@ def main() -> int:
     parser.add_argument("--startup-s", type=float, default=60.0, help="worker up, warm-up done")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="per measurement")
     parser.add_argument("--quick", action="store_true", help="1,000 jobs, 2 rounds, 500 to tune")
+    parser.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument(
+        "--index-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL for surgeflow-rabbitmq's queue index",
+    )
     args = parser.parse_args()
+    RABBITMQ.update(url=args.rabbitmq_url, index_url=args.index_url)
     if args.quick:
         args.jobs, args.rounds, args.tune_jobs = 1000, 2, 500
     chosen = [n.strip() for n in args.systems.split(",") if n.strip()]
@@ -434,6 +496,12 @@ def main() -> int:
                 print(f"surgeflow-redis: skipped, the service refuses it: {reason}", flush=True)
                 skipped["surgeflow-redis"] = reason
                 todo = [s for s in todo if s.name != "surgeflow-redis"]
+        if any(s.name == "surgeflow-rabbitmq" for s in todo):
+            reason = surgeflow_rabbitmq_supported()
+            if reason is not None:
+                print(f"surgeflow-rabbitmq: skipped: {reason}", flush=True)
+                skipped["surgeflow-rabbitmq"] = reason
+                todo = [s for s in todo if s.name != "surgeflow-rabbitmq"]
         for system in todo:
             if args.no_tune or len(system.candidates) == 1:
                 system.chosen = system.candidates[-1]
@@ -477,7 +545,7 @@ def main() -> int:
             "max_jobs_per_s": max(per_s, default=float("nan")),
             "submit_s": median([r["submit_s"] for r in ok]),
             "worker_cpu_ms_per_job": per_job_ms("worker_cpu_s"),
-            "redis_cpu_ms_per_job": per_job_ms("redis_cpu_s"),
+            "broker_cpu_ms_per_job": per_job_ms("redis_cpu_s"),
             "client_cpu_ms_per_job": per_job_ms("client_cpu_s"),
             "failures": failures,
         }
@@ -489,7 +557,7 @@ def main() -> int:
                 s["jobs_per_s"],
                 f"{s['min_jobs_per_s']:,.0f}–{s['max_jobs_per_s']:,.0f}",
                 f"{s['worker_cpu_ms_per_job']:.3f}",
-                f"{s['redis_cpu_ms_per_job']:.3f}",
+                f"{s['broker_cpu_ms_per_job']:.3f}",
                 f"{s['client_cpu_ms_per_job']:.3f}",
                 failures,
             ]
@@ -503,7 +571,7 @@ def main() -> int:
             "jobs/s",
             "range",
             "worker CPU ms/job",
-            "redis CPU ms/job",
+            "broker CPU ms/job",
             "client CPU ms/job",
             "failed",
         ],

@@ -216,14 +216,17 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """Where runs wait for a worker: ``sqlite:///…`` (None: the store's own SQLite database)
-    or ``redis://…`` (Redis Streams, for several worker processes or machines). A worker holds
+    """Where runs wait for a worker: ``sqlite:///…`` (None: the store's own SQLite database),
+    ``redis://…`` (Redis Streams, for several worker processes or machines) or ``amqp://…``
+    (RabbitMQ, with its job index in PostgreSQL: ``index_url``, by default a PostgreSQL
+    store's database). A worker holds
     a run's lease for ``lease_s`` (extended while it runs); a run is retried up to
     ``max_attempts`` times. Every worker also reconciles, every ``reconcile_interval_s``: a run
     the store says is waiting or running, untouched for ``reconcile_grace_s``, with no job in
     the queue (Redis lost its data, say) is queued again, so no run is ever lost with the queue."""
 
     url: str | None = None  # None: the store's database
+    index_url: str | None = None  # amqp:// only: postgresql://… (None: the store's, if PostgreSQL)
     lease_s: Positive = 30.0
     max_attempts: PositiveInt = 5
     reconcile_interval_s: Positive = 10.0

@@ -356,8 +356,8 @@ def _build_store(url: str) -> Store:
 
 
 def _build_queue(settings: Settings, store: Store) -> Queue:
-    """``sqlite:///path`` (the store's own database when it is the same file) or
-    ``redis://…`` (Redis Streams)."""
+    """``sqlite:///path`` (the store's own database when it is the same file), ``redis://…``
+    (Redis Streams) or ``amqp://…`` (RabbitMQ, its index in PostgreSQL)."""
     url = settings.queue_url
     if url.startswith("sqlite://"):
         same_db = isinstance(store, SQLiteStore) and url == settings.store.url
@@ -372,12 +372,35 @@ def _build_queue(settings: Settings, store: Store) -> Queue:
                 " pip install 'surgeflow[redis]'"
             ) from None
         return RedisQueue(url, max_attempts=settings.queue.max_attempts)
+    if url.startswith(("amqp://", "amqps://")):
+        return _rabbitmq_queue(settings, url)
     if settings.queue.url is None:
         raise ConfigError(
             "a PostgreSQL store needs a queue: set queue.url (redis://… for the Redis Streams"
-            " queue, or sqlite:///path)"
+            " queue, amqp://… for RabbitMQ, or sqlite:///path)"
         )
-    raise ConfigError(f"unsupported queue URL {_redacted(url)!r} (use sqlite:///path or redis://…)")
+    raise ConfigError(
+        f"unsupported queue URL {_redacted(url)!r} (use sqlite:///path, redis://… or amqp://…)"
+    )
+
+
+def _rabbitmq_queue(settings: Settings, url: str) -> Queue:
+    index_url = settings.queue.index_url
+    if index_url is None and settings.store.url.startswith(("postgresql://", "postgres://")):
+        index_url = settings.store.url
+    if index_url is None:
+        raise ConfigError(
+            f"the RabbitMQ queue {_redacted(url)!r} keeps its job index in PostgreSQL: set"
+            " queue.index_url to postgresql://…, or use a PostgreSQL store"
+        )
+    try:
+        from surgeflow.queue.rabbitmq import RabbitMQQueue
+    except ImportError:
+        raise ConfigError(
+            f"queue URL {_redacted(url)!r} needs the rabbitmq and postgres extras:"
+            " pip install 'surgeflow[rabbitmq,postgres]'"
+        ) from None
+    return RabbitMQQueue(url, index_url=index_url, max_attempts=settings.queue.max_attempts)
 
 
 def _redacted(url: str) -> str:

@@ -267,12 +267,13 @@ class Worker:
         checkpoints: dict[str, bytes],
     ) -> None:
         """`_execute` in a ``run <workflow>`` span, after a ``queue wait`` span (first attempt:
-        from submission to now); both join the trace of the request that submitted the run."""
+        from submission to its start); both join the trace of the request that submitted it."""
         assert self.tracer is not None
         parent = self.tracer.extract(await self._submitted_trace(run.id))
         attributes: tracing.Attributes = {tracing.WORKFLOW: run.workflow, tracing.RUN_ID: run.id}
-        if job.attempts == 1:
-            self.tracer.record("queue wait", run.created_at, time.time(), attributes, parent=parent)
+        if job.attempts == 1:  # the wait ends when this attempt started the run
+            taken_at = run.started_at or time.time()
+            self.tracer.record("queue wait", run.created_at, taken_at, attributes, parent=parent)
         attributes = {**attributes, tracing.RUN_ATTEMPT: job.attempts}
         with self.tracer.span(f"run {run.workflow}", attributes, parent=parent):
             await self._execute(job, run, workflow, recorder, checkpoints)
