@@ -57,7 +57,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from surgeflow._sqlite import State
 from surgeflow.errors import ConfigError, QueueError
 from surgeflow.queue.base import Job, QueueStats
-from surgeflow.store.postgres import MIGRATION_LOCK, redact
+from surgeflow.store.postgres import MIGRATION_LOCK, PooledConnection, redact
 
 log = logging.getLogger("surgeflow.queue")
 
@@ -330,6 +330,7 @@ class RabbitMQQueue:
             async with asyncio.timeout(self.timeout_s):
                 pool = await asyncpg.create_pool(
                     self._index_url,
+                    connection_class=PooledConnection,
                     min_size=1,
                     max_size=MAX_CONNECTIONS,
                     timeout=self.timeout_s,

@@ -100,6 +100,16 @@ _SCHEMES = ("postgresql", "postgres")
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection handed back as it is, without asyncpg's reset query (``RESET ALL``,
+    ``UNLISTEN *``, ``CLOSE ALL``, ``pg_advisory_unlock_all()``): surgeflow leaves no session
+    state on a connection (its advisory locks are transaction-scoped; it never LISTENs, SETs or
+    holds a cursor), so the reset would only cost a round trip per pooled call."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 def redact(url: str) -> str:
     """``url`` without its password, for messages and repr."""
     parts = urllib.parse.urlsplit(url)
@@ -199,6 +209,7 @@ class PostgresStore:
         try:
             return await asyncpg.create_pool(
                 self.url,
+                connection_class=PooledConnection,
                 min_size=self._min_size,
                 max_size=self._max_size,
                 timeout=self._connect_timeout_s,
