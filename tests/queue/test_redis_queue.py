@@ -198,3 +198,17 @@ async def test_consumers_of_exited_workers_are_pruned(
         names = {c["name"] for c in await client.xinfo_consumers(jobs_key, GROUP)}
         assert names == {"slow"}  # still holds run_3
         assert kept.run_id == "run_3"
+
+
+async def test_batched_calls_survive_a_script_flush(
+    own_redis: RedisServer, client: aioredis.Redis
+) -> None:
+    async with RedisQueue(own_redis.url) as queue:
+        await queue.put("run_0")
+        await client.script_flush()  # as after a restart: Redis knows no script
+        added = await asyncio.gather(*(queue.put(f"run_{i}") for i in range(5)))
+        assert added == [False, True, True, True, True]  # each ran exactly once
+        jobs = await queue.get("w", lease_s=30, limit=10)
+        await client.script_flush()
+        await asyncio.gather(*(queue.ack(job, "w") for job in jobs))
+        assert await queue.stats() == QueueStats()

@@ -45,7 +45,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from surgeflow.errors import QueueError
 from surgeflow.queue.base import Job, QueueStats
@@ -571,22 +571,44 @@ class RedisQueue:
         batch = self._pending.pop(op, [])
         now = "" if self._clock is None else _ms(self._clock())
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for script, args, _ in batch:
-                await script(keys=self._keys, args=[now, GROUP, self.max_len, *args], client=pipe)
-            replies = await self._call(op, pipe.execute())
+            replies = await self._call(op, self._evalsha_all(batch, now))
         except Exception as exc:  # every caller hears of it, whatever it was
-            for _, _, result in batch:
-                if not result.done():
-                    result.set_exception(exc)
-        else:
-            for (_, _, result), reply in zip(batch, replies, strict=True):
-                if not result.done():
-                    result.set_result(reply)
+            replies = [exc] * len(batch)
         finally:
             task = asyncio.current_task()
             if task is not None:
                 self._senders.discard(task)
+        for (_, _, result), reply in zip(batch, replies, strict=True):
+            if result.done():
+                continue
+            if isinstance(reply, _Failure):  # a script's own error, say
+                result.set_exception(self._error(op, reply))
+            elif isinstance(reply, BaseException):
+                result.set_exception(reply)
+            else:
+                result.set_result(reply)
+
+    async def _evalsha_all(self, batch: list[_Call], now: str) -> list[Any]:
+        """Each call's script by its SHA, pipelined; the replies (errors as values). Plain
+        EVALSHA, not redis-py's pipelined `Script`, which asks ``SCRIPT EXISTS`` first: a
+        second round trip per batch. A script Redis no longer knows (it restarted) is loaded
+        and its calls, which did not run, are sent again."""
+        replies: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for _ in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for i in todo:
+                script, args, _ = batch[i]
+                argv = (now, GROUP, self.max_len, *args)
+                pipe.evalsha(script.sha, len(self._keys), *self._keys, *argv)
+            for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+            if not todo:
+                break
+            for script in {batch[i][0] for i in todo}:
+                await self._redis.script_load(script.script)
+        return replies
 
     async def nack(self, job: Job, worker_id: str, *, delay_s: float, error: str) -> bool:
         """Retry after ``delay_s`` (``True``), or the attempts are spent and the job is dead.
@@ -688,11 +710,14 @@ class RedisQueue:
             async with asyncio.timeout(self.timeout_s):
                 return await call
         except _Failure as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
-            raise QueueError(
-                f"Redis queue {self.name!r} at {self.url}: {op} failed ({reason}: {exc});"
-                " is Redis up and reachable?"
-            ) from exc
+            raise self._error(op, exc) from exc
+
+    def _error(self, op: str, exc: BaseException) -> QueueError:
+        reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
+        return QueueError(
+            f"Redis queue {self.name!r} at {self.url}: {op} failed ({reason}: {exc});"
+            " is Redis up and reachable?"
+        )
 
     def _now(self) -> float:
         return time.time() if self._clock is None else self._clock()
