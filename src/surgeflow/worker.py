@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import os
 import random
@@ -233,7 +234,9 @@ class Worker:
             if job.exhausted:  # no attempt begins: read the run without starting it
                 run = await self.store.get_run(job.run_id)
             else:  # the run as it begins this attempt, and what earlier attempts saved
-                run, checkpoints = await self.store.start_run(job.run_id)
+                run, checkpoints = await self.store.start_run(
+                    job.run_id, started_event=functools.partial(self._started_event, job)
+                )
         except NotFound:
             await self.queue.ack(job, self.id)
             return
@@ -257,6 +260,15 @@ class Worker:
             await self._execute(job, run, workflow, recorder, checkpoints)
         else:
             await self._traced_execute(job, run, workflow, recorder, checkpoints)
+
+    def _started_event(
+        self, job: Job, run: Run, checkpoints: dict[str, bytes]
+    ) -> dict[str, Any] | None:
+        """The ``run.started`` event `start_run` writes with the start, if this attempt will
+        execute the run (not for one to be cancelled, or whose workflow is unknown here)."""
+        if run.cancel_requested or run.workflow not in self.workflows:
+            return None
+        return {"attempt": job.attempts, "worker": self.id, "resumed_steps": len(checkpoints)}
 
     async def _traced_execute(
         self,
@@ -298,10 +310,8 @@ class Worker:
             if job.attempts == 1:
                 self.stats.run_started(run.workflow, time.time() - run.created_at)
             on_event = self.stats.step_observer(run.workflow, on_event)
-        recorder.emit(
-            "run.started",
-            data={"attempt": job.attempts, "worker": self.id, "resumed_steps": len(checkpoints)},
-        )
+        if self.hub is not None:  # run.started was written with the start
+            self.hub.notify(run.id)
         started = self._active[run.id].started = time.perf_counter()
 
         async def save(key: str, output: bytes) -> None:

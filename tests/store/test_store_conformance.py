@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import pytest
 
 from surgeflow.errors import Conflict, NotFound, StoreError, ValidationError
-from surgeflow.store.base import ApiKey, RunStatus
+from surgeflow.store.base import ApiKey, Run, RunStatus
 from tests.store.conftest import AnyStore, StoreFactory
 
 
@@ -80,6 +81,28 @@ async def test_start_counts_attempts_and_keeps_first_start(store: AnyStore) -> N
     assert second.attempts == 2
     assert second.started_at == first.started_at
     assert checkpoints == {"fetch": b'{"pages": 4}'}  # what the first attempt saved
+
+
+async def test_start_writes_the_started_event_with_the_start(store: AnyStore) -> None:
+    run, _ = await store.create_run("wf", {}, queued_event={})
+    await store.save_checkpoint(run.id, "fetch", b"1")
+    seen: list[tuple[int, dict[str, bytes]]] = []
+
+    def started(begun: Run, checkpoints: dict[str, bytes]) -> dict[str, Any] | None:
+        seen.append((begun.attempts, checkpoints))
+        return {"resumed_steps": len(checkpoints)} if begun.attempts == 1 else None
+
+    await store.start_run(run.id, started_event=started)
+    await store.start_run(run.id, started_event=started)  # None: no event this time
+    events = await store.list_events(run.id)
+    assert [(e.seq, e.type, e.data) for e in events] == [
+        (1, "run.queued", None),
+        (2, "run.started", {"resumed_steps": 1}),
+    ]
+    assert seen == [(1, {"fetch": b"1"}), (2, {"fetch": b"1"})]
+    await store.finish_run(run.id, RunStatus.SUCCEEDED)
+    await store.start_run(run.id, started_event=started)  # terminal: not started, not called
+    assert len(seen) == 2
 
 
 async def test_finish_sets_outcome_once(store: AnyStore) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -67,6 +67,10 @@ class ApiKey(msgspec.Struct, kw_only=True):
     cache: bool = True  # False: this key's requests never read or write the response cache
 
 
+# The data of a run's run.started event, from the run as it starts and its checkpoints (or None).
+StartedEvent = Callable[[Run, dict[str, bytes]], dict[str, Any] | None]
+
+
 class Store(Protocol):
     """Durable state. Every method is safe to call concurrently from many tasks."""
 
@@ -100,10 +104,15 @@ class Store(Protocol):
         meanwhile never shift a page."""
         ...
 
-    async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:
+    async def start_run(
+        self, run_id: str, *, started_event: StartedEvent | None = None
+    ) -> tuple[Run, dict[str, bytes]]:
         """Mark a live run running (``attempts`` + 1, ``started_at`` kept from the first start)
         and return it with its checkpoints, in one round trip; a terminal run comes back
-        unchanged, with no checkpoints. `NotFound` for an unknown run."""
+        unchanged, with no checkpoints. `NotFound` for an unknown run.
+
+        ``started_event(run, checkpoints)``, called once the run started, gives the data of a
+        ``run.started`` event appended with it (``None``: no event)."""
         ...
 
     async def finish_run(

@@ -15,7 +15,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from surgeflow._sqlite import State
 from surgeflow.errors import ConfigError, Conflict, NotFound, StoreError, ValidationError
-from surgeflow.store.base import ApiKey, Run, RunEvent, RunStatus
+from surgeflow.store.base import ApiKey, Run, RunEvent, RunStatus, StartedEvent
 
 # The row codecs are the SQLite store's: both select the same columns in the same order.
 from surgeflow.store.sqlite import (
@@ -331,19 +331,38 @@ class PostgresStore:
             rows = await conn.fetch(sql, *params)
         return [_run_from_row(row) for row in rows]
 
-    async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:
+    async def start_run(
+        self, run_id: str, *, started_event: StartedEvent | None = None
+    ) -> tuple[Run, dict[str, bytes]]:
         """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start) and
-        return it with its checkpoints, over one connection.
+        return it with its checkpoints, over one connection; with ``started_event``, append its
+        ``run.started`` event right after (a crash in between leaves a running run without it,
+        as separate writes would).
 
         A terminal run (cancelled while queued, say) is returned unchanged: check its status.
         """
+        now = time.time()
         sql = (
             "status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, $1),"
             " updated_at = $1"
         )
         async with self._connection() as conn:
-            run, started = await _update_live_run(conn, run_id, sql, (time.time(),))
-            return run, await _checkpoints(conn, run_id) if started else {}
+            run, started = await _update_live_run(conn, run_id, sql, (now,))
+            if not started:
+                return run, {}
+            checkpoints = await _checkpoints(conn, run_id)
+            data = None if started_event is None else started_event(run, checkpoints)
+            if data is not None:
+                await conn.execute(
+                    "WITH next AS (UPDATE runs SET last_seq = last_seq + 1 WHERE id = $1"
+                    " RETURNING last_seq)"
+                    " INSERT INTO events (run_id, seq, type, at, step, data)"
+                    " SELECT $1, last_seq, 'run.started', $2, NULL, $3 FROM next",
+                    run_id,
+                    now,
+                    _encode(data, "event data"),
+                )
+            return run, checkpoints
 
     async def finish_run(
         self,

@@ -13,7 +13,7 @@ import msgspec
 
 from surgeflow._sqlite import Schema, SQLiteBacked
 from surgeflow.errors import Conflict, NotFound, StoreError, ValidationError
-from surgeflow.store.base import ApiKey, Run, RunEvent, RunStatus
+from surgeflow.store.base import ApiKey, Run, RunEvent, RunStatus, StartedEvent
 
 SCHEMA = Schema(
     name="store",
@@ -131,6 +131,29 @@ def _update_live_run(
     return (_fetch_run(conn, run_id), False) if row is None else (_run_from_row(row), True)
 
 
+def _append(
+    conn: sqlite3.Connection,
+    run_id: str,
+    events: Sequence[tuple[str, str | None, str | None]],
+    now: float,
+) -> int:
+    """Append encoded ``events`` (type, step, data JSON) after the run's last; the first seq.
+    max + 1 is race-free: every write holds the file's write lock (BEGIN IMMEDIATE)."""
+    row = conn.execute(
+        "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    first = int(row[0]) + 1
+    with _of_a_known_run(run_id):
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, type, at, step, data) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (run_id, first + i, type, now, step, data)
+                for i, (type, step, data) in enumerate(events)
+            ],
+        )
+    return first
+
+
 def _checkpoints(conn: sqlite3.Connection, run_id: str) -> dict[str, bytes]:
     rows = conn.execute("SELECT key, output FROM checkpoints WHERE run_id = ?", (run_id,))
     return {key: bytes(output) for key, output in rows}
@@ -244,9 +267,12 @@ class SQLiteStore(SQLiteBacked):
         rows = await self._read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
         return [_run_from_row(row) for row in rows]
 
-    async def start_run(self, run_id: str) -> tuple[Run, dict[str, bytes]]:
+    async def start_run(
+        self, run_id: str, *, started_event: StartedEvent | None = None
+    ) -> tuple[Run, dict[str, bytes]]:
         """Mark a run running (``attempts`` + 1, ``started_at`` kept from the first start) and
-        return it with its checkpoints, in one write.
+        return it with its checkpoints, in one write; with ``started_event``, its
+        ``run.started`` event in the same write.
 
         A terminal run (cancelled while queued, say) is returned unchanged: check its status.
         """
@@ -258,7 +284,13 @@ class SQLiteStore(SQLiteBacked):
 
         def start(conn: sqlite3.Connection) -> tuple[Run, dict[str, bytes]]:
             run, started = _update_live_run(conn, run_id, sql, (now, now))
-            return run, _checkpoints(conn, run_id) if started else {}
+            if not started:
+                return run, {}
+            checkpoints = _checkpoints(conn, run_id)
+            data = None if started_event is None else started_event(run, checkpoints)
+            if data is not None:
+                _append(conn, run_id, [("run.started", None, _encode(data, "event data"))], now)
+            return run, checkpoints
 
         return await self._write(start)
 
@@ -365,20 +397,7 @@ class SQLiteStore(SQLiteBacked):
         now = time.time()
 
         def append(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", (run_id,)
-            ).fetchone()
-            first = int(row[0]) + 1
-            with _of_a_known_run(run_id):
-                conn.executemany(
-                    "INSERT INTO events (run_id, seq, type, at, step, data)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (run_id, first + i, type, now, step, data)
-                        for i, (type, step, data) in enumerate(encoded)
-                    ],
-                )
-            return first
+            return _append(conn, run_id, encoded, now)
 
         first = await self._write(append)
         return [
