@@ -52,12 +52,16 @@ class RedisEventBus:
     async def start(self) -> None:
         try:
             from redis.asyncio import Redis
+
+            from surgeflow._redis import packing_in_c
         except ImportError:
             raise ConfigError(
                 f"events URL {self.url!r} needs the redis extra: pip install 'surgeflow[redis]'"
             ) from None
-        self._redis = Redis.from_url(
-            self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+        self._redis = packing_in_c(
+            Redis.from_url(
+                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+            )
         )
         # Subscribing waits for messages as long as there are none: no read timeout, but a
         # ping every few seconds to notice a dead connection.

@@ -123,13 +123,15 @@ class Limiter:
             return
         try:
             from redis.asyncio import Redis
+
+            from surgeflow._redis import packing_in_c
         except ImportError:
             raise ConfigError(
                 f"limits URL {url!r} needs the redis extra: pip install 'surgeflow[redis]'"
             ) from None
         timeout = self.settings.timeout_s
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.5)
+        self._redis = packing_in_c(
+            Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.5))
         )
 
     async def aclose(self) -> None:

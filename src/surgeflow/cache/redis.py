@@ -13,6 +13,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from surgeflow._redis import packing_in_c
 from surgeflow.cache.base import DEFAULT_TTL_S
 
 log = logging.getLogger("surgeflow.cache")
@@ -87,8 +88,8 @@ class RedisCache:
         self._warn_every_s = warn_every_s
         self._warned_at = -float("inf")
         self._clock = clock
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        self._redis = packing_in_c(
+            aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         )
         self._set_tagged = self._redis.register_script(_SET_TAGGED)
         self.hits = 0

@@ -47,6 +47,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
+from surgeflow._redis import packing_in_c
 from surgeflow.errors import QueueError
 from surgeflow.queue.base import Job, QueueStats
 
@@ -435,14 +436,16 @@ class RedisQueue:
             decode_responses=True,
             retry=_retry_once(),
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = packing_in_c(aioredis.Redis(connection_pool=pool))
         # Blocking reads hold a connection for up to _WAIT_CHUNK_S: a client of their own.
-        self._blocking = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s + _WAIT_CHUNK_S,
-            socket_connect_timeout=timeout_s,
-            decode_responses=True,
-            retry=_retry_once(),
+        self._blocking = packing_in_c(
+            aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout_s + _WAIT_CHUNK_S,
+                socket_connect_timeout=timeout_s,
+                decode_responses=True,
+                retry=_retry_once(),
+            )
         )
         register = self._redis.register_script
         self._put, self._present, self._get = register(_PUT), register(_PRESENT), register(_GET)
