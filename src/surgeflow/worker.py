@@ -116,8 +116,9 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 free = self.concurrency - len(self._active)
-                if free <= 0:
-                    await self._sleep(self.poll_interval_s)
+                if free <= 0:  # every slot busy: only a run finishing (or stop) matters now
+                    self._wake.clear()
+                    await self._wake.wait()
                     continue
                 try:
                     jobs = await self.queue.get(self.id, lease_s=self.lease_s, limit=free)
