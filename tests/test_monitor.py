@@ -162,8 +162,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def two_gateways(tmp_path: Path) -> Iterator[list[str]]:
-    """Two `surgeflow serve` processes on one store and one metrics directory."""
-    ports = [_free_port(), _free_port()]
+    """Two `surgeflow serve` processes on one store and one metrics directory (their output in
+    ``gateway-<port>.log``, for the failure message if one does not come up)."""
+    ports = [_free_port()]
+    while len(ports) < 2:
+        if (port := _free_port()) not in ports:
+            ports.append(port)
     env = {
         **os.environ,
         "SURGEFLOW_STORE__URL": f"sqlite:///{tmp_path / 'shared.db'}",
@@ -171,15 +175,16 @@ def two_gateways(tmp_path: Path) -> Iterator[list[str]]:
         "SURGEFLOW_API_KEYS": API_KEY,
         "SURGEFLOW_LOG__ACCESS": "false",
     }
+    logs = [(tmp_path / f"gateway-{port}.log").open("wb") for port in ports]
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "surgeflow", "serve", "--port", str(port)],
             cwd=tmp_path,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-        for port in ports
+        for port, log in zip(ports, logs, strict=True)
     ]
     try:
         yield [f"http://127.0.0.1:{port}" for port in ports]
@@ -188,13 +193,17 @@ def two_gateways(tmp_path: Path) -> Iterator[list[str]]:
             process.terminate()
         for process in processes:
             process.wait(timeout=15)
+        for log in logs:
+            log.close()
 
 
-async def test_metrics_of_two_gateway_processes_add_up_on_either(two_gateways: list[str]) -> None:
+async def test_metrics_of_two_gateway_processes_add_up_on_either(
+    two_gateways: list[str], tmp_path: Path
+) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        for url in two_gateways:  # wait until both answer
-            for _ in range(200):
+        for url in two_gateways:  # wait until both answer (a loaded machine starts them slowly)
+            for _ in range(600):
                 try:
                     async with http.get(f"{url}/healthz") as response:
                         if response.status == 200:
@@ -202,6 +211,9 @@ async def test_metrics_of_two_gateway_processes_add_up_on_either(two_gateways: l
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
+            else:
+                log = tmp_path / f"gateway-{url.rsplit(':', 1)[1]}.log"
+                pytest.fail(f"{url} did not come up in 30 s:\n{log.read_text(errors='replace')}")
         for url, count in zip(two_gateways, (4, 6), strict=True):
             for _ in range(count):
                 async with http.post(f"{url}/v1/chat/completions", json=CHAT) as response:
