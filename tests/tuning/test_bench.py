@@ -159,8 +159,10 @@ async def test_stop_ends_the_load_and_still_gives_a_result(stub: Stub) -> None:
     await asyncio.sleep(0.5)
     bench.stop()
     result = await asyncio.wait_for(running, 2.0)
-    assert result.counts.sent == pytest.approx(50, abs=5)
-    assert result.window.end_s == pytest.approx(0.5, abs=0.1)
+    # Stopped after ~0.5 s of its 10 (less if the machine was slow to start it), and every
+    # request due until then was sent.
+    assert 0.2 < result.window.end_s <= 0.6
+    assert result.counts.sent == pytest.approx(100 * result.window.end_s, abs=5)
     assert bench.in_flight == 0
 
 
