@@ -1,20 +1,32 @@
 """Accuracy of the example agents' methods on the held-out sets shipped in agents/data."""
 
+from collections.abc import Sequence
+
 from surgeflow.agents import datasets
 from surgeflow.agents.customer_service import ESCALATION_CONFIDENCE, support_knowledge
+from surgeflow.agents.datasets import FaqQuery
 from surgeflow.agents.recommendation import catalogue, score_product
 
 # Each floor is the figure measured when the methods were fixed, less a small margin, so a change
 # that makes a method worse fails here while a change of one borderline example does not.
-# Measured: intents 0.883 (53/60); FAQ top-1 0.818 (36/44), top-3 0.932 (41/44); answered at
-# the escalation threshold 0.927 (51/55); recommendations precision@3 0.917, hit rate 1.0.
+# Measured: intents 0.900 (54/60); FAQ top-1 0.932 (41/44), top-3 0.977 (43/44); answered at
+# the escalation threshold 0.929 (52/56); recommendations precision@3 0.917, hit rate 1.0.
+# The FAQ figures rose from top-1 0.818, top-3 0.932 when the entries got their phrasings,
+# which were chosen on the development queries (top-1 0.716 -> 0.830). Their writer had read
+# the held-out queries before, so the held-out gain may flatter them; the development one is
+# the figure to trust.
 
 
 def test_held_out_sets_are_disjoint_from_training() -> None:
     train = {u.text.lower() for u in datasets.intents_train()}
-    questions = {e.question.lower() for e in datasets.faq()}
-    assert not train & {u.text.lower() for u in datasets.intents_test()}
-    assert not (train | questions) & {q.query.lower() for q in datasets.faq_test()}
+    entries = datasets.faq()
+    questions = {text.lower() for e in entries for text in (e.question, *e.phrasings)}
+    assert not (train | questions) & {u.text.lower() for u in datasets.intents_test()}
+    for queries in (datasets.faq_test(), datasets.faq_dev()):
+        assert not (train | questions) & {q.query.lower() for q in queries}
+    assert not {q.query.lower() for q in datasets.faq_test()} & {
+        q.query.lower() for q in datasets.faq_dev()
+    }
 
 
 def test_held_out_sets_cover_every_intent_and_entry() -> None:
@@ -22,6 +34,7 @@ def test_held_out_sets_cover_every_intent_and_entry() -> None:
     assert {u.intent for u in datasets.intents_test()} == intents
     assert {u.intent for u in datasets.intents_train()} == intents
     assert {q.faq_id for q in datasets.faq_test()} <= {e.id for e in datasets.faq()}
+    assert {q.faq_id for q in datasets.faq_dev()} == {e.id for e in datasets.faq()}
 
 
 def test_intent_accuracy() -> None:
@@ -39,10 +52,10 @@ def test_confident_intents_are_more_accurate() -> None:
     assert sum(answered) / len(answered) >= 0.9
 
 
-def _faq_ranks() -> list[list[str]]:
+def _faq_ranks(queries: Sequence[FaqQuery] = ()) -> list[list[str]]:
     knowledge = support_knowledge()
     ranks = []
-    for query in datasets.faq_test():
+    for query in queries or datasets.faq_test():
         posterior = knowledge.classify(query.query).posterior
         ranks.append([m.id for m in knowledge.retrieve(query.query, posterior, k=3)])
     return ranks
@@ -51,20 +64,30 @@ def _faq_ranks() -> list[list[str]]:
 def test_faq_retrieval_top_1() -> None:
     expected = [q.faq_id for q in datasets.faq_test()]
     hits = sum(ids[:1] == [want] for ids, want in zip(_faq_ranks(), expected, strict=True))
-    assert hits / len(expected) >= 0.75
+    assert hits / len(expected) >= 0.88
 
 
 def test_faq_retrieval_top_3() -> None:
     expected = [q.faq_id for q in datasets.faq_test()]
     hits = sum(want in ids for ids, want in zip(_faq_ranks(), expected, strict=True))
-    assert hits / len(expected) >= 0.9
+    assert hits / len(expected) >= 0.93
+
+
+def test_faq_retrieval_on_the_development_queries() -> None:
+    queries = datasets.faq_dev()
+    ranks = _faq_ranks(queries)
+    assert sum(ids[:1] == [q.faq_id] for ids, q in zip(ranks, queries, strict=True)) >= 0.78 * len(
+        queries
+    )
+    assert sum(q.faq_id in ids for ids, q in zip(ranks, queries, strict=True)) >= 0.9 * len(queries)
 
 
 def test_intent_boost_helps_retrieval() -> None:
     knowledge = support_knowledge()
-    test = datasets.faq_test()
-    plain = sum(knowledge.retrieve(q.query, {}, k=1)[0].id == q.faq_id for q in test)
-    boosted = sum(ids[:1] == [q.faq_id] for ids, q in zip(_faq_ranks(), test, strict=True))
+    queries = datasets.faq_test() + datasets.faq_dev()
+    plain = sum(knowledge.retrieve(q.query, {}, k=1)[0].id == q.faq_id for q in queries)
+    ranks = _faq_ranks(queries)
+    boosted = sum(ids[:1] == [q.faq_id] for ids, q in zip(ranks, queries, strict=True))
     assert boosted > plain
 
 

@@ -10,12 +10,14 @@ import msgspec
 
 
 class FaqEntry(msgspec.Struct, frozen=True):
-    """One knowledge-base article: the question it answers and the store's answer."""
+    """One knowledge-base article: the question it answers, other ways customers ask it, and the
+    store's answer."""
 
     id: str
     intent: str
     question: str
     answer: str
+    phrasings: tuple[str, ...] = ()
 
 
 class Utterance(msgspec.Struct, frozen=True):
@@ -93,6 +95,13 @@ def intents_test() -> tuple[Utterance, ...]:
 def faq_test() -> tuple[FaqQuery, ...]:
     """Held-out queries with the FAQ entry that answers each, for measuring retrieval only."""
     return _load("faq_test.json", FaqQuery)
+
+
+@functools.cache
+def faq_dev() -> tuple[FaqQuery, ...]:
+    """Queries with the FAQ entry that answers each, for choosing retrieval settings and
+    phrasings; `faq_test` stays for measuring the result."""
+    return _load("faq_dev.json", FaqQuery)
 
 
 @functools.cache
