@@ -53,8 +53,8 @@ def instant(backend_type: type[SimulatedBackend] = SimulatedBackend, **knobs: An
 async def test_a_streamed_miss_is_stored_and_answers_a_plain_request() -> None:
     backend = instant()
     async with ModelClient({"m": [backend]}, cache=MemoryCache()) as models:
-        chunks, status = await models.stream_with_status(request(stream=True))
-        streamed = [chunk async for chunk in chunks]
+        batches, status = await models.stream_with_status(request(stream=True))
+        streamed = [chunk async for batch in batches for chunk in batch]
         assert status == "miss"
         answer, status = await models.chat_with_status(request())
         assert status == "hit"
@@ -66,10 +66,10 @@ async def test_a_plain_answer_is_replayed_to_a_stream() -> None:
     backend = instant()
     async with ModelClient({"m": [backend]}, cache=MemoryCache()) as models:
         answer = await models.chat(request())
-        chunks, status = await models.stream_with_status(
+        batches, status = await models.stream_with_status(
             request(stream=True, stream_options={"include_usage": True})
         )
-        replayed = [chunk async for chunk in chunks]
+        [replayed] = [batch async for batch in batches]  # a stored answer is there at once
         assert status == "hit"
         assert text_of(replayed) == answer.text
         assert replayed[-1].usage == answer.usage
@@ -82,10 +82,10 @@ async def test_a_plain_answer_is_replayed_to_a_stream() -> None:
 async def test_a_stream_left_early_is_not_stored() -> None:
     backend = instant()
     async with ModelClient({"m": [backend]}, cache=MemoryCache()) as models:
-        chunks, _ = await models.stream_with_status(request(stream=True))
-        await anext(chunks)
-        await anext(chunks)
-        await chunks.aclose()
+        batches, _ = await models.stream_with_status(request(stream=True))
+        await anext(batches)
+        await anext(batches)
+        await batches.aclose()
         assert (await models.chat_with_status(request()))[1] == "miss"
         assert backend.calls == 2
 
@@ -93,9 +93,9 @@ async def test_a_stream_left_early_is_not_stored() -> None:
 async def test_a_stream_that_fails_midway_is_not_stored() -> None:
     backend = instant(BreaksMidStream)
     async with ModelClient({"m": [backend]}, cache=MemoryCache()) as models:
-        chunks, _ = await models.stream_with_status(request(stream=True))
+        batches, _ = await models.stream_with_status(request(stream=True))
         with pytest.raises(UpstreamError, match="mid-stream"):
-            async for _ in chunks:
+            async for _ in batches:
                 pass
         assert (await models.chat_with_status(request()))[1] == "miss"
 

@@ -359,3 +359,43 @@ async def test_abandoned_stream_releases_its_connection(
 
     assert backend.inflight == 0
     assert (await backend.chat(request())).text
+
+
+async def test_stream_batches_hold_the_events_of_one_read(
+    backend: OpenAIHTTPBackend, upstream: FakeUpstream
+) -> None:
+    upstream.piece_bytes = 1 << 20  # the whole body in one write
+    req = request(stream_options={"include_usage": True})
+
+    batches = [batch async for batch in backend.stream_batches(req)]
+
+    assert len(batches) == 1  # a proxy forwards it in one write, as a byte-level proxy would
+    assert text_of(batches[0]) == await expected_text(req)
+    one_by_one = [chunk async for chunk in backend.stream(req)]
+    assert [c.choices for c in batches[0]] == [c.choices for c in one_by_one]
+
+
+async def test_stream_batches_follow_the_reads(
+    backend: OpenAIHTTPBackend, upstream: FakeUpstream
+) -> None:
+    upstream.piece_bytes = 7  # events split across many reads: each batch as soon as it is whole
+    req = request()
+
+    batches = [batch async for batch in backend.stream_batches(req)]
+
+    assert len(batches) > 3
+    assert all(batches)  # never an empty batch
+    assert text_of([chunk for batch in batches for chunk in batch]) == await expected_text(req)
+
+
+async def test_error_object_mid_read_comes_after_the_chunks_before_it(
+    backend: OpenAIHTTPBackend, upstream: FakeUpstream
+) -> None:
+    upstream.behaviour = "stream_error"
+    upstream.piece_bytes = 1 << 20  # the chunks and the error in one read
+    received: list[ChatChunk] = []
+
+    with pytest.raises(UpstreamError, match="engine died"):
+        await collect(backend.stream(request()), received)
+
+    assert len(received) == 2

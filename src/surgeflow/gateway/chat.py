@@ -58,10 +58,10 @@ async def completions(service: Service, request: Request, send: Send) -> None:
         await send_bytes(send, 200, _encode(response), _JSON_HEADERS[status])
         return
     async with cancelled_on_disconnect(request):
-        chunks, status = await service.models.stream_with_status(
+        batches, status = await service.models.stream_with_status(
             chat_request, key=key, timeout_s=timeout_s, cache=mode, tags=tags
         )
-        await _stream(chunks, _SSE_HEADERS[status], send)
+        await _stream(batches, _SSE_HEADERS[status], send)
 
 
 def _cache_mode(request: Request) -> CacheMode:
@@ -103,23 +103,21 @@ def _route_key(request: Request, chat_request: ChatRequest) -> RouteKey:
 
 
 async def _stream(
-    chunks: AsyncGenerator[ChatChunk, None], headers: list[tuple[bytes, bytes]], send: Send
+    batches: AsyncGenerator[list[ChatChunk], None], headers: list[tuple[bytes, bytes]], send: Send
 ) -> None:
+    """Send each batch of chunks (those that arrived together) as one write of SSE events."""
     started = False
     try:
-        async for chunk in chunks:
+        async for batch in batches:
             if not started:
                 # Headers wait for the first chunk, so an upstream that fails before answering
                 # gets a proper error status rather than a broken stream.
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 started = True
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"data: " + _encode(chunk) + b"\n\n",
-                    "more_body": True,
-                }
-            )
+            events: list[bytes] = []
+            for chunk in batch:
+                events += (b"data: ", _encode(chunk), b"\n\n")
+            await send({"type": "http.response.body", "body": b"".join(events), "more_body": True})
     except errors.SurgeflowError as exc:
         if not started:
             await send_error(send, http_error(exc))
@@ -128,7 +126,7 @@ async def _stream(
         await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n"})
         return
     finally:
-        await chunks.aclose()
+        await batches.aclose()
     if not started:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": _DONE})

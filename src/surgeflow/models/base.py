@@ -27,3 +27,28 @@ class ModelBackend(Protocol):
     async def aclose(self) -> None:
         """Release connections and tasks."""
         ...
+
+
+def stream_batches(
+    backend: ModelBackend, request: ChatRequest, *, timeout_s: float | None = None
+) -> AsyncIterator[list[ChatChunk]]:
+    """``backend``'s stream as batches: the chunks that arrived together, never an empty one.
+
+    A backend may offer ``stream_batches`` itself (`OpenAIHTTPBackend` batches the events of one
+    network read), so that a proxy can forward them in one write, as a byte-level proxy would.
+    Any other backend's chunks come one to a batch.
+    """
+    batches = getattr(backend, "stream_batches", None)
+    if batches is not None:
+        return batches(request, timeout_s=timeout_s)  # type: ignore[no-any-return]
+    return _one_by_one(backend.stream(request, timeout_s=timeout_s))
+
+
+async def _one_by_one(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[list[ChatChunk]]:
+    try:
+        async for chunk in chunks:
+            yield [chunk]
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()

@@ -488,14 +488,15 @@ class ModelClient:
 
         Streams share cache entries with `chat` (see `stream_with_status`).
         """
-        chunks, _ = await self.stream_with_status(
+        batches, _ = await self.stream_with_status(
             request, key=key, timeout_s=timeout_s, cache=cache, tags=tags
         )
         try:
-            async for chunk in chunks:
-                yield chunk
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
         finally:
-            await chunks.aclose()
+            await batches.aclose()
 
     async def stream_with_status(
         self,
@@ -505,10 +506,12 @@ class ModelClient:
         timeout_s: float | None = None,
         cache: CacheMode = "auto",
         tags: Sequence[str] = (),
-    ) -> tuple[AsyncGenerator[ChatChunk, None], CacheStatus]:
-        """The answer's chunks, and how the cache answered (looked up before returning).
+    ) -> tuple[AsyncGenerator[list[ChatChunk], None], CacheStatus]:
+        """The answer's chunks in batches, and how the cache answered (looked up before returning).
 
-        A cached answer (fresh, or stale while it is refreshed) is replayed as chunks. A miss
+        Each batch holds the chunks that arrived together (`models.base.stream_batches`), so a
+        proxy can forward them in one write. A cached answer (fresh, or stale while it is
+        refreshed) is replayed as one batch of chunks. A miss
         streams from upstream as usual while the chunks are assembled; the answer is stored only
         when the stream finishes (every choice has a finish reason) and the caller read it to the
         end. Streamed misses are not coalesced: each makes its own upstream call. Close the
@@ -544,18 +547,19 @@ class ModelClient:
 
     async def _stream_and_store(
         self,
-        chunks: AsyncGenerator[ChatChunk, None],
+        batches: AsyncGenerator[list[ChatChunk], None],
         cache_key: str,
         policy: _CachePolicy,
         tags: Sequence[str],
-    ) -> AsyncGenerator[ChatChunk, None]:
+    ) -> AsyncGenerator[list[ChatChunk], None]:
         assembler = ChunkAssembler()
         try:
-            async for chunk in chunks:
-                assembler.add(chunk)
-                yield chunk
+            async for batch in batches:
+                for chunk in batch:
+                    assembler.add(chunk)
+                yield batch
         finally:
-            await chunks.aclose()
+            await batches.aclose()
         # Only here when the upstream stream ended and the reader asked for what follows it:
         # an error, a cancellation or a reader that left early never stores a partial answer.
         response = assembler.response()
@@ -564,29 +568,29 @@ class ModelClient:
 
     async def _stream_route(
         self, request: ChatRequest, key: RouteKey, timeout_s: float | None
-    ) -> AsyncGenerator[ChatChunk, None]:
+    ) -> AsyncGenerator[list[ChatChunk], None]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         chain = self._chain(request.model)
         for position, router in enumerate(chain):
             routed = (
                 request if position == 0 else msgspec.structs.replace(request, model=router.name)
             )
-            chunks = router.stream(routed, key, deadline)
+            batches = router.stream_batches(routed, key, deadline)
             try:
-                first = await anext(chunks)
+                first = await anext(batches)
             except StopAsyncIteration:
                 return
             except ModelError as exc:
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await batches.aclose()  # type: ignore[attr-defined]
                 if not _falls_back(exc, position, chain, deadline):
                     raise
                 continue
             try:
                 yield first
-                async for chunk in chunks:
-                    yield chunk
+                async for batch in batches:
+                    yield batch
             finally:
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await batches.aclose()  # type: ignore[attr-defined]
             return
 
     async def complete(
@@ -692,9 +696,8 @@ def _checked_tags(tags: Sequence[str]) -> tuple[str, ...]:
         raise ValidationError(str(exc)) from None
 
 
-async def _replay(chunks: list[ChatChunk]) -> AsyncGenerator[ChatChunk, None]:
-    for chunk in chunks:
-        yield chunk
+async def _replay(chunks: list[ChatChunk]) -> AsyncGenerator[list[ChatChunk], None]:
+    yield chunks  # all there at once
 
 
 def _falls_back(

@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import enum
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -139,6 +139,18 @@ class OpenAIHTTPBackend:
         self, request: ChatRequest, *, timeout_s: float | None = None
     ) -> AsyncIterator[ChatChunk]:
         """Answer ``request`` as the chunks of its server-sent event stream."""
+        batches = self.stream_batches(request, timeout_s=timeout_s)
+        try:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+        finally:
+            await batches.aclose()
+
+    async def stream_batches(
+        self, request: ChatRequest, *, timeout_s: float | None = None
+    ) -> AsyncGenerator[list[ChatChunk], None]:
+        """`stream`, the chunks of one network read together (see `models.base.stream_batches`)."""
         session = self._open_session()
         body = self._encode(request, stream=True)
         sent = self._headers if self._tracer is None else self._tracer.inject(self._headers)
@@ -154,8 +166,8 @@ class OpenAIHTTPBackend:
                     if response.status >= 400:
                         payload = await response.read()
                         raise self._status_error(response.status, payload, response.headers)
-                    async for chunk in self._events(response):
-                        yield chunk
+                    async for batch in self._events(response):
+                        yield batch
         finally:
             self.inflight -= 1
 
@@ -261,12 +273,16 @@ class OpenAIHTTPBackend:
             return RateLimited(message, retry_after_s=_retry_after_s(headers.get("Retry-After")))
         return UpstreamError(message, status=status)
 
-    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[ChatChunk]:
-        """Decode the SSE body as it arrives; lines and events may split anywhere across reads."""
+    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[list[ChatChunk]]:
+        """Decode the SSE body as it arrives, a batch per read that completes an event; lines and
+        events may split anywhere across reads."""
         pending = b""
         data: list[bytes] = []
         async for piece in response.content.iter_any():
             *lines, pending = (pending + piece).split(b"\n")
+            batch: list[ChatChunk] = []
+            failure: UpstreamError | None = None
+            done = False
             for raw in lines:
                 line = raw.rstrip(b"\r")
                 if line:
@@ -279,14 +295,25 @@ class OpenAIHTTPBackend:
                     continue
                 event, data = b"\n".join(data), []
                 if event == b"[DONE]":
-                    await _drain(response)
-                    return
-                yield self._decode_chunk(event)
+                    done = True
+                    break
+                try:
+                    batch.append(self._decode_chunk(event))
+                except UpstreamError as exc:
+                    failure = exc  # after the chunks that came before it
+                    break
+            if batch:
+                yield batch
+            if failure is not None:
+                raise failure
+            if done:
+                await _drain(response)
+                return
         # A body that ends without [DONE] or without the last blank line has still ended.
         if pending.startswith(b"data:"):
             data.append(pending[5:].lstrip(b" ").rstrip(b"\r"))
         if data and (event := b"\n".join(data)) != b"[DONE]":
-            yield self._decode_chunk(event)
+            yield [self._decode_chunk(event)]
 
     def _decode_chunk(self, event: bytes) -> ChatChunk:
         try:

@@ -24,6 +24,7 @@ from surgeflow.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from surgeflow.models.base import stream_batches
 from surgeflow.models.simulated import count_tokens
 from surgeflow.models.types import ChatChunk, ChatRequest, ChatResponse
 from surgeflow.routing.base import Policy, RouteKey
@@ -351,10 +352,11 @@ class ModelRouter:
                 task.cancel()
             await asyncio.gather(first, second, return_exceptions=True)
 
-    async def stream(
+    async def stream_batches(
         self, request: ChatRequest, key: RouteKey, deadline: float | None
-    ) -> AsyncIterator[ChatChunk]:
-        """Chunks from one endpoint; a failure before the first chunk is retried elsewhere."""
+    ) -> AsyncIterator[list[ChatChunk]]:
+        """Chunks from one endpoint, in the batches they arrived in (`models.base.stream_batches`);
+        a failure before the first chunk is retried elsewhere."""
         self.requests += 1
         self.budget.on_request()
         tokens = self.tokens_for(request)
@@ -379,8 +381,8 @@ class ModelRouter:
                 continue
             try:
                 yield first
-                async for chunk in chunks:
-                    yield chunk
+                async for batch in chunks:
+                    yield batch
             finally:
                 await chunks.aclose()
             return
@@ -395,10 +397,10 @@ class ModelRouter:
             async with limits.slot(tokens):
                 trial = health.on_start()
                 started = time.monotonic()
-                upstream = endpoint.backend.stream(request, timeout_s=timeout_s)
+                upstream = stream_batches(endpoint.backend, request, timeout_s=timeout_s)
                 try:
-                    async for chunk in upstream:
-                        yield chunk
+                    async for batch in upstream:
+                        yield batch
                 except BaseException as exc:
                     self._failed(endpoint, exc, trial)
                     raise
@@ -438,8 +440,8 @@ class ModelRouter:
                     span.set_attribute(tracing.OUTCOME, "ok")
                     return
             yield first
-            async for chunk in chunks:
-                yield chunk
+            async for batch in chunks:
+                yield batch
             span.set_attribute(tracing.OUTCOME, "ok")
         except BaseException as exc:
             _record_outcome(span, exc, tracer)
@@ -515,7 +517,7 @@ def _limits(endpoint: Endpoint) -> EndpointLimits:
     return endpoint.limits
 
 
-async def _aclose(chunks: AsyncIterator[ChatChunk]) -> None:
+async def _aclose(chunks: AsyncIterator[Any]) -> None:
     close = getattr(chunks, "aclose", None)
     if close is not None:
         await close()
