@@ -10,7 +10,11 @@ from surgeflow.models.types import ChatChunk, ChatRequest, ChatResponse
 
 @runtime_checkable
 class ModelBackend(Protocol):
-    """One model endpoint. Errors are raised as `surgeflow.errors.ModelError` subclasses."""
+    """One model endpoint. Errors are raised as `surgeflow.errors.ModelError` subclasses.
+
+    Optionally also ``stream_batches(request, *, timeout_s)``: the stream's chunks in the
+    batches they arrived in (see `stream_batches` below).
+    """
 
     name: str
 
