@@ -247,7 +247,7 @@ class ModelClient:
             raw = await cache.get(cache_key)
             if raw is not None:
                 value = fresh_value(raw, self._clock())
-                if value is not None:  # the hot path, inlined
+                if value is not None:  # the hot path, inlined, before any other object is made
                     try:
                         response = _decode_response(value)
                     except msgspec.DecodeError:
@@ -255,77 +255,51 @@ class ModelClient:
                     else:
                         self.hits += 1
                         return response, "hit"
-            found, probe = await self._look_further(
-                raw, cache_key, request, key, timeout_s, mode, tags, policy
-            )
+            lookup = _Lookup(cache_key, request, key, timeout_s, mode, tags, policy)
+            found, probe = await self._look_further(raw, lookup)
         else:
-            found, probe = await self._traced_lookup(
-                cache_key, request, key, timeout_s, mode, tags, policy
-            )
+            lookup = _Lookup(cache_key, request, key, timeout_s, mode, tags, policy)
+            found, probe = await self._traced_lookup(lookup)
         if found is not None:
             return found
         self.misses += 1
         # A partial, not a closure: closure cells would cost every hit above.
-        fill = functools.partial(
-            self._fill, cache_key, request, key, timeout_s, policy, tags, probe
-        )
+        fill = functools.partial(self._fill, lookup, probe)
         return await self._coalescer.run(cache_key, fill), "miss"
 
     async def _look_further(
-        self,
-        raw: bytes | None,
-        cache_key: str,
-        request: ChatRequest,
-        key: RouteKey,
-        timeout_s: float | None,
-        mode: CacheMode,
-        tags: Sequence[str],
-        policy: _CachePolicy,
-        *,
-        semantic: bool = True,
+        self, raw: bytes | None, lookup: _Lookup, *, semantic: bool = True
     ) -> tuple[tuple[ChatResponse, CacheStatus] | None, Probe | None]:
         """The answer in entry ``raw`` (fresh, or stale: then a refresh starts), else one from
         the semantic cache; and the probe to index this prompt with on a miss."""
         if raw is not None:
-            found = self._read(raw, cache_key, request, key, timeout_s, policy, tags)
+            found = self._read(raw, lookup)
             if found is not None:
                 return found, None
             assert self._cache is not None
-            await self._cache.delete(cache_key)  # corrupt, foreign or too old: never served
-        if semantic and policy.semantic_threshold is not None:
-            answer, probe = await self._semantic_answer(request, key, mode, policy)
+            await self._cache.delete(lookup.cache_key)  # corrupt, foreign or too old: not served
+        if semantic and lookup.policy.semantic_threshold is not None:
+            answer, probe = await self._semantic_answer(lookup)
             return (None if answer is None else (answer, "semantic")), probe
         return None, None
 
     async def _traced_lookup(
-        self,
-        cache_key: str,
-        request: ChatRequest,
-        key: RouteKey,
-        timeout_s: float | None,
-        mode: CacheMode,
-        tags: Sequence[str],
-        policy: _CachePolicy,
-        *,
-        semantic: bool = True,
+        self, lookup: _Lookup, *, semantic: bool = True
     ) -> tuple[tuple[ChatResponse, CacheStatus] | None, Probe | None]:
         """The whole lookup (`_look_further` after a plain read) in a ``cache lookup`` span."""
         assert self._tracer is not None
         assert self._cache is not None
-        attributes = {tracing.GEN_AI_MODEL: request.model}
+        attributes = {tracing.GEN_AI_MODEL: lookup.request.model}
         with self._tracer.span("cache lookup", attributes) as span:
-            raw = await self._cache.get(cache_key)
-            found, probe = await self._look_further(
-                raw, cache_key, request, key, timeout_s, mode, tags, policy, semantic=semantic
-            )
+            raw = await self._cache.get(lookup.cache_key)
+            found, probe = await self._look_further(raw, lookup, semantic=semantic)
             span.set_attribute(tracing.CACHE_STATUS, "miss" if found is None else found[1])
         return found, probe
 
-    async def _semantic_answer(
-        self, request: ChatRequest, key: RouteKey, mode: CacheMode, policy: _CachePolicy
-    ) -> tuple[ChatResponse | None, Probe | None]:
-        """A fresh cached answer to an earlier prompt that means the same as ``request``'s last
+    async def _semantic_answer(self, lookup: _Lookup) -> tuple[ChatResponse | None, Probe | None]:
+        """A fresh cached answer to an earlier prompt that means the same as the request's last
         user message, in the same conversation; and the probe to index this prompt with."""
+        request, policy = lookup.request, lookup.policy
         semantic, cache = self._semantic, self._cache
         assert semantic is not None
         assert cache is not None
@@ -336,8 +310,8 @@ class ModelClient:
         blank = Message(role="user", content="")
         partition = chat_cache_key(
             msgspec.structs.replace(request, messages=[*request.messages[:-1], blank]),
-            scope=policy.scope(key),
-            opt_in=mode == "opt_in" or policy.sampled,
+            scope=policy.scope(lookup.key),
+            opt_in=lookup.mode == "opt_in" or policy.sampled,
         )
         if partition is None:
             return None, None
@@ -364,32 +338,15 @@ class ModelClient:
         await semantic.forget(match.cache_key)  # its answer has gone (or is stale)
         return None, probe
 
-    async def _fill(
-        self,
-        cache_key: str,
-        request: ChatRequest,
-        key: RouteKey,
-        timeout_s: float | None,
-        policy: _CachePolicy,
-        tags: Sequence[str],
-        probe: Probe | None = None,
-    ) -> ChatResponse:
-        response = await self._route(request, key, timeout_s)
-        await self._store(cache_key, response, policy, tags)
+    async def _fill(self, lookup: _Lookup, probe: Probe | None = None) -> ChatResponse:
+        """Ask upstream, store the answer, and index the prompt for the semantic cache."""
+        response = await self._route(lookup.request, lookup.key, lookup.timeout_s)
+        await self._store(lookup.cache_key, response, lookup.policy, lookup.tags)
         if probe is not None and self._semantic is not None:
-            await self._semantic.add(probe, cache_key, ttl_s=policy.ttl_s)
+            await self._semantic.add(probe, lookup.cache_key, ttl_s=lookup.policy.ttl_s)
         return response
 
-    def _read(
-        self,
-        raw: bytes,
-        cache_key: str,
-        request: ChatRequest,
-        key: RouteKey,
-        timeout_s: float | None,
-        policy: _CachePolicy,
-        tags: Sequence[str],
-    ) -> tuple[ChatResponse, CacheStatus] | None:
+    def _read(self, raw: bytes, lookup: _Lookup) -> tuple[ChatResponse, CacheStatus] | None:
         """The answer in a cached entry and whether it is stale (then a refresh starts), or None
         when it may not be served."""
         entry = unpack_entry(raw)
@@ -407,7 +364,7 @@ class ModelClient:
             return response, "hit"
         self.stale_served += 1
         # The refreshed entry keeps the tags it had, and gains this request's.
-        self._refresh(cache_key, request, key, timeout_s, policy, (*entry.tags, *tags))
+        self._refresh(lookup, (*entry.tags, *lookup.tags))
         return response, "stale"
 
     async def _store(
@@ -423,21 +380,15 @@ class ModelClient:
         )
         await self._cache.set(cache_key, entry, ttl_s=policy.ttl_s + policy.stale_s, tags=tags)
 
-    def _refresh(
-        self,
-        cache_key: str,
-        request: ChatRequest,
-        key: RouteKey,
-        timeout_s: float | None,
-        policy: _CachePolicy,
-        tags: Sequence[str],
-    ) -> None:
-        """Start one background call that replaces a stale entry (none if one is running)."""
+    def _refresh(self, lookup: _Lookup, tags: Sequence[str]) -> None:
+        """Start one background call that replaces a stale entry, stored with ``tags`` (none if
+        one is running)."""
+        cache_key, request, policy = lookup.cache_key, lookup.request, lookup.policy
         if cache_key in self._refreshes or self._closed:
             return
-        tags = tuple(dict.fromkeys(tags))
-        deadline_s = timeout_s if timeout_s is not None else REFRESH_TIMEOUT_S
-        fill = functools.partial(self._fill, cache_key, request, key, deadline_s, policy, tags)
+        timeout_s = REFRESH_TIMEOUT_S if lookup.timeout_s is None else lookup.timeout_s
+        refill = lookup._replace(timeout_s=timeout_s, tags=tuple(dict.fromkeys(tags)))
+        fill = functools.partial(self._fill, refill)
 
         async def refresh() -> None:
             self.refreshes += 1
@@ -531,12 +482,12 @@ class ModelClient:
         if tags:
             tags = _checked_tags(tags)
         assert self._cache is not None
-        lookup = (cache_key, request, key, timeout_s, cache, tags, policy)
+        lookup = _Lookup(cache_key, request, key, timeout_s, cache, tags, policy)
         if self._tracer is None:
             raw = await self._cache.get(cache_key)
-            found, _ = await self._look_further(raw, *lookup, semantic=False)
+            found, _ = await self._look_further(raw, lookup, semantic=False)
         else:
-            found, _ = await self._traced_lookup(*lookup, semantic=False)
+            found, _ = await self._traced_lookup(lookup, semantic=False)
         if found is not None:
             response, status = found
             include_usage = bool((request.stream_options or {}).get("include_usage"))
@@ -674,6 +625,19 @@ class _CachePolicy(NamedTuple):
 
     def scope(self, key: RouteKey) -> str | None:
         return SHARED_SCOPE if self.shared else key.key_id
+
+
+class _Lookup(NamedTuple):
+    """One request's way through the cache: its entry's key, the request and where it may be
+    routed, how it may use the cache and the tags an answer stored for it carries."""
+
+    cache_key: str
+    request: ChatRequest
+    key: RouteKey
+    timeout_s: float | None
+    mode: CacheMode
+    tags: Sequence[str]
+    policy: _CachePolicy
 
 
 def _last_user_text(request: ChatRequest) -> str | None:
