@@ -301,6 +301,23 @@ def test_reply_restates_the_material_closest_to_the_question() -> None:
     assert 10 <= len(words) <= 40
 
 
+def test_closeness_counts_words_by_their_stems() -> None:
+    # The question shares "long" and "take" with [a] as written, but "shipping" -> "ship",
+    # "canada" and "takes" -> "take" with [b]: by stems [b] is closer.
+    system = (
+        "You answer from the policy below.\n\n"
+        "[a] How long does delivery take?\nStandard delivery takes three to five business days.\n\n"
+        "[b] Do you ship abroad?\nWe ship to Canada and Mexico; international delivery takes "
+        "ten days."
+    )
+    messages = [
+        Message(role="system", content=system),
+        Message(role="user", content="How long does shipping to Canada take?"),
+    ]
+    text = " ".join(compose_reply(messages, 10, 20))
+    assert text.split(": ", 1)[1].startswith("We ship to Canada and Mexico")  # [b] first
+
+
 async def test_knobs_left_at_zero_draw_nothing() -> None:
     # So the new knobs do not shift the draws, and with them the runs, of existing setups.
     backend = instant(rate_429=0.0, hang_rate=0.0, error_rate=0.0)

@@ -33,6 +33,7 @@ from surgeflow.models.types import (
     Message,
     Usage,
 )
+from surgeflow.text import stem
 
 LatencyModel = Literal["constant", "exponential", "lognormal"]
 
@@ -142,12 +143,9 @@ def _grounding(messages: Sequence[Message]) -> list[str]:
 
 
 def _stems(text: str) -> set[str]:
-    # Five letters are a crude stem, enough to match "returns" with "returned".
-    return {
-        word.lower()[:5]
-        for word in _WORD.findall(text)
-        if len(word) > 3 and word.lower() not in _STOPWORDS
-    }
+    # Stems, so that "shipping" meets "ship" and "takes" meets "take".
+    words = (word.lower() for word in _WORD.findall(text))
+    return {stem(word) for word in words if len(word) > 3 and word not in _STOPWORDS}
 
 
 def _random_bytes(seed: bytes, count: int) -> bytes:
