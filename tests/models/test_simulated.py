@@ -318,6 +318,20 @@ def test_closeness_counts_words_by_their_stems() -> None:
     assert text.split(": ", 1)[1].startswith("We ship to Canada and Mexico")  # [b] first
 
 
+def test_a_cited_title_line_is_matched_but_not_restated() -> None:
+    system = (
+        "You answer from the policy below.\n\n"
+        "[rf-05] My item arrived damaged or broken.\nSend us a photo within 14 days for a refund."
+    )
+    messages = [
+        Message(role="system", content=system),
+        Message(role="user", content="The blender arrived broken, what now?"),
+    ]
+    text = " ".join(compose_reply(messages, 8, 16))
+    assert "Send us a photo within 14 days for a refund." in text
+    assert "My item arrived" not in text
+
+
 async def test_knobs_left_at_zero_draw_nothing() -> None:
     # So the new knobs do not shift the draws, and with them the runs, of existing setups.
     backend = instant(rate_429=0.0, hang_rate=0.0, error_rate=0.0)

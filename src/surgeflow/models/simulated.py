@@ -112,6 +112,7 @@ _CLOSINGS = (
 )
 _SENTENCE_END = re.compile(r"(?<=[.!])\s+|\n+")
 _CITATION = re.compile(r"^\s*(\[[^\]]*\]|[-*•]|\d+[.)])\s*")
+_TITLE = re.compile(r"^\s*\[[^\]]*\]")
 
 
 def _grounding(messages: Sequence[Message]) -> list[str]:
@@ -119,7 +120,8 @@ def _grounding(messages: Sequence[Message]) -> list[str]:
 
     Material is every paragraph of the system message but its first (the instructions), or, when
     there is none, the lines of the user's messages; a passage's statements keep their order, and
-    questions and fragments under five words are not statements.
+    questions and fragments under five words are not statements, nor is a cited title line
+    (``[rf-05] My item arrived damaged.``) above the passage's text.
     """
     passages: list[str] = []
     user_texts: list[str] = []
@@ -134,12 +136,21 @@ def _grounding(messages: Sequence[Message]) -> list[str]:
         passages = user_texts
     ranked: list[tuple[int, int, list[str]]] = []
     for order, passage in enumerate(passages):
-        sentences = [_CITATION.sub("", raw).strip() for raw in _SENTENCE_END.split(passage)]
+        # "[id] title" above its text: the title counts for closeness, but is not restated.
+        lines = passage.split("\n")
+        body = "\n".join(line for i, line in enumerate(lines) if not _is_title(lines, i))
+        sentences = [_CITATION.sub("", raw).strip() for raw in _SENTENCE_END.split(body)]
         statements = [s for s in sentences if len(s.split()) >= 5 and not s.endswith("?")]
         if statements:
             ranked.append((-len(question & _stems(passage)), order, statements))
     ranked.sort()
     return [statement for _, _, statements in ranked for statement in statements]
+
+
+def _is_title(lines: Sequence[str], i: int) -> bool:
+    """Whether ``lines[i]`` is a cited title (``[rf-05] …``) over a line of plain text."""
+    following = lines[i + 1] if i + 1 < len(lines) else ""
+    return bool(_TITLE.match(lines[i])) and bool(following.strip()) and not _TITLE.match(following)
 
 
 def _stems(text: str) -> set[str]:
