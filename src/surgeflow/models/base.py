@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol, runtime_checkable
 
 from surgeflow.models.types import ChatChunk, ChatRequest, ChatResponse
@@ -56,3 +56,13 @@ async def _one_by_one(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[list[Ch
         close = getattr(chunks, "aclose", None)
         if close is not None:
             await close()
+
+
+async def chunks_of(batches: AsyncGenerator[list[ChatChunk], None]) -> AsyncIterator[ChatChunk]:
+    """The chunks of ``batches`` one at a time; the batches are closed when this is."""
+    try:
+        async for batch in batches:
+            for chunk in batch:
+                yield chunk
+    finally:
+        await batches.aclose()

@@ -20,6 +20,7 @@ from surgeflow.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from surgeflow.models.base import chunks_of
 from surgeflow.models.types import ChatChunk, ChatRequest, ChatResponse, ModelList
 
 if TYPE_CHECKING:
@@ -135,17 +136,11 @@ class OpenAIHTTPBackend:
                 f"{self.name}: malformed chat completion: {exc}", status=502
             ) from exc
 
-    async def stream(
+    def stream(
         self, request: ChatRequest, *, timeout_s: float | None = None
     ) -> AsyncIterator[ChatChunk]:
         """Answer ``request`` as the chunks of its server-sent event stream."""
-        batches = self.stream_batches(request, timeout_s=timeout_s)
-        try:
-            async for batch in batches:
-                for chunk in batch:
-                    yield chunk
-        finally:
-            await batches.aclose()
+        return chunks_of(self.stream_batches(request, timeout_s=timeout_s))
 
     async def stream_batches(
         self, request: ChatRequest, *, timeout_s: float | None = None
