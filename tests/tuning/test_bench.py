@@ -72,7 +72,9 @@ async def test_closed_loop_keeps_exactly_n_in_flight(stub: Stub) -> None:
     load = LoadSettings(mode="closed", concurrency=4, duration_s=1.5)
     result = await run_bench(chat(stub.url), load)
     assert stub.max_concurrent == 4
-    assert result.timeline[0].in_flight == 4
+    # Second 0 is closed by the ticker (4 in flight) or by the first reply after it, counted
+    # when its user has not sent the next request yet (3): whichever comes first.
+    assert result.timeline[0].in_flight in (3, 4)
     # ~1.5 s / 50 ms per request × 4 users
     assert result.counts.ok == pytest.approx(120, rel=0.15)
     # A closed loop has no schedule: a request is meant to go when the last one returned.
